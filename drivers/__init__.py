@@ -1,0 +1,1 @@
+"""gatebeat's bundled drivers: one module per device type; the file name is the driver name."""

@@ -1,0 +1,386 @@
+"""The public timer: a callback on a FIXED or DELAY schedule, with the engine's guarantees.
+
+A :class:`Timer` owns a pure :class:`~service.schedule.Schedule` and at most one entry in its
+loop's :class:`~service.scheduler.Scheduler`. The guarantees of DESIGN.md section 2 live here:
+
+* a tick never starts before its due time, and time comes only from ``loop.time()``;
+* no overlap: while a callback is in flight nothing is armed; the next slot is computed when it
+  finishes, and due times that passed meanwhile are skipped and counted (FIXED) or the next
+  tick waits a full interval after completion (DELAY);
+* ``stop()`` is synchronous and idempotent, callable from inside the callback; no callback
+  starts after it returns; ``wait_stopped()`` waits for the in-flight one;
+* exceptions are counted and logged, the schedule goes on; ``CancelledError`` is re-raised.
+
+A synchronous callback runs inline on the scheduler's wake-up (no task); if it returns an
+awaitable, or is a coroutine function, or ``run_in_thread=True``, the tick runs as a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Any, Literal
+
+from service.intervals import to_seconds
+from service.records import (
+    Outcome,
+    SchedulePolicy,
+    TickObserver,
+    TickRecord,
+    TimerStatistics,
+)
+from service.schedule import DelaySchedule, FixedSchedule, Schedule, Slot
+from service.scheduler import Scheduler
+
+__all__ = ["Timer", "TimerCallback"]
+
+logger = logging.getLogger("gatebeat.engine")
+
+TimerCallback = Callable[[], Any]
+"""A plain function or a coroutine function taking no arguments."""
+
+_anonymous = 0
+
+
+class Timer:
+    """Run ``callback`` every ``interval`` seconds on a FIXED or DELAY schedule.
+
+    Args:
+        interval: seconds (``float``) or a ``timedelta``; finite and > 0.
+        callback: a plain function or coroutine function without arguments.
+        schedule_policy: ``SchedulePolicy.FIXED`` (drift-free grid) or ``DELAY``.
+        name: shown in logs and tick records (``"meter-1/heartbeat"``).
+        phase: FIXED only: seconds in ``[0, interval)`` added to every due time, or ``"auto"``
+            for a deterministic phase derived from ``name`` (spreads many timers).
+        immediate: the first tick is due at start (+ phase) instead of one interval later.
+        timeout: seconds a tick may run before it is cancelled and counted as a timeout. For
+            ``run_in_thread`` callbacks (threads cannot be cancelled) the tick is counted as a
+            timeout when it returns late, and no new tick starts until it has returned.
+        run_in_thread: run a blocking synchronous callback in the loop's default executor.
+        observers: functions called with every :class:`~service.records.TickRecord`.
+        schedule: an explicit schedule (used by triggers); replaces interval/policy/phase.
+
+    Raises:
+        ValueError: interval, phase or timeout out of range (the message names the value).
+        TypeError: ``callback`` is not callable.
+    """
+
+    def __init__(
+        self,
+        interval: float | timedelta,
+        callback: TimerCallback,
+        schedule_policy: SchedulePolicy = SchedulePolicy.FIXED,
+        *,
+        name: str | None = None,
+        phase: float | timedelta | Literal["auto"] = 0.0,
+        immediate: bool = False,
+        timeout: float | timedelta | None = None,
+        run_in_thread: bool = False,
+        observers: Iterable[TickObserver] = (),
+        schedule: Schedule | None = None,
+    ) -> None:
+        global _anonymous
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        if name is None:
+            _anonymous += 1
+            name = f"timer-{_anonymous}"
+        self._name = name
+        self._callback = callback
+        self._policy = SchedulePolicy(schedule_policy)
+        if schedule is None:
+            seconds = to_seconds(interval, what=f"timer {name!r} interval")
+            if self._policy is SchedulePolicy.FIXED:
+                offset = _phase_seconds(phase, seconds, name)
+                schedule = FixedSchedule(seconds, offset, immediate)
+            else:
+                if phase not in (0, 0.0):
+                    raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
+                schedule = DelaySchedule(seconds, immediate)
+        self._schedule = schedule
+        self._timeout = (
+            None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
+        )
+        self._run_in_thread = run_in_thread
+        self._observers: list[TickObserver] = list(observers)
+
+        self._scheduler: Scheduler | None = None
+        self._token = 0
+        self._running = False
+        self._slot: Slot | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._inflight_busy = False
+        self._pending_skipped = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+        self._ticks = 0
+        self._overruns = 0
+        self._skipped = 0
+        self._errors = 0
+        self._timeouts = 0
+        self._error_streak = 0
+        self._last_lateness: float | None = None
+        self._max_lateness: float | None = None
+        self._last_duration: float | None = None
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between ticks, ``None`` for schedules without a fixed interval."""
+        return self._schedule.interval
+
+    @property
+    def schedule_policy(self) -> SchedulePolicy:
+        return self._policy
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped."""
+        return self._running
+
+    @property
+    def in_flight(self) -> bool:
+        """A callback is running now."""
+        return self._inflight_busy
+
+    def add_observer(self, observer: TickObserver) -> None:
+        """Call ``observer`` with every tick record from now on."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: TickObserver) -> None:
+        self._observers.remove(observer)
+
+    def start(self) -> None:
+        """Start ticking; the first tick is due one interval from now (or now, ``immediate``).
+
+        Needs a running loop. Starting again while the previous run's callback is still in
+        flight is allowed: the new schedule begins now, but no tick starts until that callback
+        has finished. Raises ``RuntimeError`` if the timer is already running.
+        """
+        loop = asyncio.get_running_loop()
+        if self._running:
+            raise RuntimeError(f"timer {self._name!r} is already running")
+        if self._scheduler is None or self._scheduler.loop is not loop:
+            if self._inflight_busy:
+                raise RuntimeError(f"timer {self._name!r} has a callback in flight on another loop")
+            self._scheduler = Scheduler.for_loop(loop)
+        self._running = True
+        self._token += 1
+        self._pending_skipped = 0
+        slot = self._schedule.first(loop.time())
+        self._slot = slot
+        if slot is not None and not self._inflight_busy:
+            self._scheduler.schedule(slot.due, self)
+
+    def stop(self, cancel: bool = False) -> None:
+        """Stop ticking: after this returns no new callback starts. Idempotent.
+
+        Args:
+            cancel: also cancel the in-flight callback (it is recorded as CANCELLED).
+        """
+        if self._running:
+            self._running = False
+            self._token += 1
+            self._slot = None
+        if cancel and self._inflight is not None:
+            self._inflight.cancel()
+        if not self._inflight_busy:
+            self._wake_waiters()
+
+    async def wait_stopped(self) -> None:
+        """Return once the timer is stopped and no callback of it is in flight."""
+        while self._running or self._inflight_busy:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def statistics(self) -> TimerStatistics:
+        """A frozen snapshot of the counters."""
+        return TimerStatistics(
+            ticks=self._ticks,
+            overruns=self._overruns,
+            skipped=self._skipped,
+            errors=self._errors,
+            timeouts=self._timeouts,
+            last_lateness=self._last_lateness,
+            max_lateness=self._max_lateness,
+            last_duration=self._last_duration,
+            running=self._running,
+            in_flight=self._inflight_busy,
+            next_due=self._slot.due if (self._running and self._slot is not None) else None,
+        )
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<Timer {self._name!r} {self._policy.name} {self.interval!r}s {state}>"
+
+    # -- engine internals -------------------------------------------------------------------
+
+    def _fire(self, due: float) -> None:
+        """Called by the scheduler once loop time has reached ``due``."""
+        slot = self._slot
+        scheduler = self._scheduler
+        if slot is None or scheduler is None or not self._running or self._inflight_busy:
+            return
+        loop = scheduler.loop
+        token = self._token
+        started = loop.time()
+        self._inflight_busy = True
+        if self._run_in_thread:
+            awaitable: Awaitable[Any] = loop.run_in_executor(None, self._callback)
+        else:
+            try:
+                result = self._callback()
+            except asyncio.CancelledError:
+                self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+                raise
+            except Exception as exc:
+                self._complete(slot, token, started, loop.time(), Outcome.ERROR, exc)
+                return
+            if not inspect.isawaitable(result):
+                self._complete(slot, token, started, loop.time(), Outcome.OK, None)
+                return
+            awaitable = result
+        self._inflight = loop.create_task(
+            self._run_async(slot, token, started, awaitable), name=f"gatebeat:{self._name}"
+        )
+
+    async def _run_async(
+        self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        outcome, error = Outcome.OK, None
+        deadline = None
+        try:
+            if self._timeout is not None and not self._run_in_thread:
+                deadline = asyncio.timeout(self._timeout)
+                async with deadline:
+                    await awaitable
+            else:
+                await awaitable
+                if self._timeout is not None and loop.time() - started > self._timeout:
+                    outcome = Outcome.TIMEOUT
+                    error = TimeoutError(
+                        f"timer {self._name!r}: thread callback ran "
+                        f"{loop.time() - started:.3f} s, timeout {self._timeout} s"
+                    )
+        except asyncio.CancelledError:
+            self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+            raise
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                outcome, error = Outcome.TIMEOUT, exc
+            else:
+                outcome, error = Outcome.ERROR, exc
+        except Exception as exc:
+            outcome, error = Outcome.ERROR, exc
+        self._complete(slot, token, started, loop.time(), outcome, error)
+
+    def _complete(
+        self,
+        slot: Slot,
+        token: int,
+        started: float,
+        finished: float,
+        outcome: Outcome,
+        error: BaseException | None,
+    ) -> None:
+        self._inflight = None
+        self._inflight_busy = False
+        overrun = self._schedule.overrun(slot, started, finished)
+        lateness = started - slot.due
+        self._ticks += 1
+        self._overruns += overrun
+        self._last_lateness = lateness
+        self._last_duration = finished - started
+        if self._max_lateness is None or lateness > self._max_lateness:
+            self._max_lateness = lateness
+        if outcome is Outcome.OK:
+            if self._error_streak:
+                logger.info(
+                    "timer=%s recovered after %d failed ticks", self._name, self._error_streak
+                )
+                self._error_streak = 0
+        elif outcome is not Outcome.CANCELLED:
+            self._errors += 1
+            if outcome is Outcome.TIMEOUT:
+                self._timeouts += 1
+            self._error_streak += 1
+            if self._error_streak == 1:
+                logger.warning(
+                    "timer=%s tick failed outcome=%s error=%r (further failures are counted, "
+                    "not logged, until it recovers)",
+                    self._name,
+                    outcome.value,
+                    error,
+                )
+        skipped_before, self._pending_skipped = self._pending_skipped, 0
+        if self._observers:
+            record = TickRecord(
+                timer=self._name,
+                number=slot.number,
+                due=slot.due,
+                started=started,
+                finished=finished,
+                skipped_before=skipped_before,
+                outcome=outcome,
+                error=error,
+                overrun=overrun,
+            )
+            for observer in tuple(self._observers):
+                try:
+                    observer(record)
+                except Exception:
+                    logger.exception("timer=%s observer %r failed", self._name, observer)
+
+        if not self._running:
+            self._wake_waiters()
+            return
+        if token == self._token:
+            following = self._schedule.following(slot, started, finished)
+        else:  # restarted while this callback was in flight: continue the new schedule
+            following = self._slot
+        if following is None:
+            self._slot = None
+            self._running = False
+            self._wake_waiters()
+            return
+        following, skipped = self._schedule.catch_up(following, finished)
+        self._skipped += skipped
+        self._pending_skipped = skipped
+        self._slot = following
+        assert self._scheduler is not None
+        self._scheduler.schedule(following.due, self)
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _phase_seconds(phase: float | timedelta | str, interval: float, name: str) -> float:
+    if phase == "auto":
+        return (zlib.crc32(name.encode()) / 2**32) * interval
+    seconds = to_seconds(phase, what=f"timer {name!r} phase", allow_zero=True)
+    if seconds >= interval:
+        raise ValueError(
+            f"timer {name!r}: phase must be < interval ({interval} s), got {phase!r}"
+        )
+    return seconds
