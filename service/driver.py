@@ -81,8 +81,9 @@ class Device:
     log: logging.LoggerAdapter[logging.Logger] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = logging.LoggerAdapter(logging.getLogger(f"gatebeat.device.{self.name}"),
-                                         {"device": self.name})
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"gatebeat.device.{self.name}"), {"device": self.name}
+        )
 
 
 @dataclass(frozen=True, slots=True)

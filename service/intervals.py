@@ -26,7 +26,9 @@ _UNITS: dict[str, float] = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_DURATION = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>[a-zµ]*)\s*$")
+_DURATION = re.compile(
+    r"^\s*(?P<number>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>[a-zµ]*)\s*$"
+)
 
 
 def parse_duration(text: str) -> float:
@@ -37,8 +39,10 @@ def parse_duration(text: str) -> float:
     """
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a duration (use seconds, or a number with a unit: "
-                         f"'250ms', '5s', '1m', '1h')")
+        raise ValueError(
+            f"{text!r} is not a duration (use seconds, or a number with a unit: "
+            f"'250ms', '5s', '1m', '1h')"
+        )
     unit = match.group("unit") or "s"
     if unit not in _UNITS:
         raise ValueError(f"{text!r} has an unknown unit {unit!r} (known: us, ms, s, m, min, h, d)")
@@ -58,8 +62,10 @@ def to_seconds(value: object, *, what: str = "interval", allow_zero: bool = Fals
         ValueError: ``value`` is not finite, negative, or zero when zero is not allowed.
     """
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be seconds (a number), a timedelta or a duration string, "
-                        f"not bool {value!r}")
+        raise TypeError(
+            f"{what} must be seconds (a number), a timedelta or a duration string, "
+            f"not bool {value!r}"
+        )
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float):
@@ -67,8 +73,10 @@ def to_seconds(value: object, *, what: str = "interval", allow_zero: bool = Fals
     elif isinstance(value, str):
         seconds = parse_duration(value)
     else:
-        raise TypeError(f"{what} must be seconds (a number), a timedelta or a duration string, "
-                        f"not {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{what} must be seconds (a number), a timedelta or a duration string, "
+            f"not {type(value).__name__} {value!r}"
+        )
     if not math.isfinite(seconds):
         raise ValueError(f"{what} must be finite, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):

@@ -19,7 +19,7 @@ __all__ = ["DelaySchedule", "FixedSchedule", "Schedule", "Slot"]
 
 
 class Slot(NamedTuple):
-    """One due tick: its number on the schedule, its due time and the schedule's origin (seconds)."""
+    """One due tick: its number, its due time and the schedule origin (seconds)."""
 
     number: int
     due: float

@@ -114,6 +114,7 @@ class Timer:
         self._slot: Slot | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._inflight_busy = False
+        self._current: Slot | None = None
         self._pending_skipped = 0
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -155,6 +156,14 @@ class Timer:
     def in_flight(self) -> bool:
         """A callback is running now."""
         return self._inflight_busy
+
+    @property
+    def current_tick(self) -> Slot | None:
+        """The slot (number, due time) of the callback running now, or ``None``.
+
+        Lets a callback learn which tick it is serving without taking arguments.
+        """
+        return self._current
 
     def add_observer(self, observer: TickObserver) -> None:
         """Call ``observer`` with every tick record from now on."""
@@ -243,6 +252,7 @@ class Timer:
         token = self._token
         started = loop.time()
         self._inflight_busy = True
+        self._current = slot
         if self._run_in_thread:
             awaitable: Awaitable[Any] = loop.run_in_executor(None, self._callback)
         else:
@@ -266,7 +276,8 @@ class Timer:
         self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
     ) -> None:
         loop = asyncio.get_running_loop()
-        outcome, error = Outcome.OK, None
+        outcome: Outcome = Outcome.OK
+        error: BaseException | None = None
         deadline = None
         try:
             if self._timeout is not None and not self._run_in_thread:
@@ -304,6 +315,7 @@ class Timer:
     ) -> None:
         self._inflight = None
         self._inflight_busy = False
+        self._current = None
         overrun = self._schedule.overrun(slot, started, finished)
         lateness = started - slot.due
         self._ticks += 1
@@ -380,7 +392,5 @@ def _phase_seconds(phase: float | timedelta | str, interval: float, name: str) -
         return (zlib.crc32(name.encode()) / 2**32) * interval
     seconds = to_seconds(phase, what=f"timer {name!r} phase", allow_zero=True)
     if seconds >= interval:
-        raise ValueError(
-            f"timer {name!r}: phase must be < interval ({interval} s), got {phase!r}"
-        )
+        raise ValueError(f"timer {name!r}: phase must be < interval ({interval} s), got {phase!r}")
     return seconds
