@@ -1,31 +1,209 @@
-"""The ``gatebeat`` command line."""
+"""The ``gatebeat`` command line.
+
+Commands: ``run``, ``check-config``, ``drivers``, ``sample-config DRIVER``, ``demo``.
+
+Exit codes:
+    0  success (``run``: a clean shutdown after SIGTERM/SIGINT).
+    1  runtime failure (the service failed after it started).
+    2  configuration or usage problem: every problem is printed, one per line; nothing started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 from service import __version__
+from service.registry import DriverError, Registry, discover
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_RUNTIME", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("gatebeat.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gatebeat`` and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="gatebeat",
         description="Heartbeats and polls for Modbus and serial devices, exported to Prometheus.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 configuration problems.",
     )
     parser.add_argument("--version", action="version", version=f"gatebeat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    config_help = "the TOML config file (default: $GATEBEAT_CONFIG)"
+    run = commands.add_parser("run", help="run the configured devices and the exporter")
+    run.add_argument("--config", metavar="PATH", help=config_help)
+
+    check = commands.add_parser(
+        "check-config", help="validate the config; exit 0, or 2 with every problem listed"
+    )
+    check.add_argument("--config", metavar="PATH", help=config_help)
+
+    drivers = commands.add_parser("drivers", help="list the available drivers and their origin")
+    drivers.add_argument(
+        "--config", metavar="PATH", help="also search this config's runtime.driver_dirs"
+    )
+    drivers.add_argument(
+        "--driver-dir", metavar="DIR", action="append", default=[], help="extra driver directory"
+    )
+
+    sample = commands.add_parser("sample-config", help="print a commented sample config for DRIVER")
+    sample.add_argument("driver", metavar="DRIVER")
+    sample.add_argument(
+        "--driver-dir", metavar="DIR", action="append", default=[], help="extra driver directory"
+    )
+
+    demo = commands.add_parser(
+        "demo", help="run simulated devices and gatebeat against them (no hardware needed)"
+    )
+    demo.add_argument(
+        "--listen", metavar="HOST:PORT", default="127.0.0.1:9810", help="exporter address"
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
+def _problems(lines: Sequence[str], *, out: TextIO, err: TextIO, what: str) -> int:
+    for line in lines:
+        print(line, file=out)
+    print(f"gatebeat: {what}: {len(lines)} problem(s)", file=err)
+    return EXIT_CONFIG
+
+
+def _check_config(path: str | None, *, out: TextIO, err: TextIO) -> int:
+    from service.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return _problems(exc.problems, out=out, err=err, what="config refused")
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=out)
+    print(settings.summary(), file=out)
+    return EXIT_OK
+
+
+def _driver_dirs(config: str | None, extra: Sequence[str]) -> list[str]:
+    """``runtime.driver_dirs`` of ``config`` (read leniently) followed by ``extra``."""
+    dirs: list[str] = []
+    if config is not None:
+        try:
+            data = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise DriverError("*", f"cannot read {config!r}: {exc}") from None
+        runtime = data.get("runtime")
+        found = runtime.get("driver_dirs", []) if isinstance(runtime, dict) else []
+        dirs += [str(d) for d in found] if isinstance(found, list) else []
+    return dirs + list(extra)
+
+
+def _drivers(registry: Registry, *, out: TextIO) -> int:
+    broken = 0
+    for name in registry.names():
+        try:
+            driver = registry.get(name)
+        except DriverError as exc:
+            print(f"{name}  ERROR: {exc.problem}", file=out)
+            broken += 1
+            continue
+        print(
+            f"{name}  from: {driver.source.describe()}  transports: "
+            f"{', '.join(driver.transports)}  callbacks: {', '.join(driver.callbacks)}",
+            file=out,
+        )
+    return EXIT_CONFIG if broken else EXIT_OK
+
+
+def _sample(registry: Registry, name: str, *, out: TextIO) -> int:
+    from service.settings_sample import render_sample
+
+    out.write(render_sample(registry.get(name)))
+    return EXIT_OK
+
+
+def _run(path: str | None, *, out: TextIO, err: TextIO) -> int:
+    from service.logs import setup_logging
+    from service.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return _problems(exc.problems, out=err, err=err, what="config refused, nothing started")
+    setup_logging(format=settings.logging.format, level=settings.logging.level)
+    for warning in settings.warnings:
+        log.warning("timing budget: %s", warning)
+    try:
+        runner = importlib.import_module("service.runner")
+        code = runner.run(settings)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("gatebeat failed")
+        return EXIT_RUNTIME
+    return EXIT_OK if code is None else int(code)
+
+
+def _demo(listen: str, *, err: TextIO) -> int:
+    from service.settings_models import parse_listen
+
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        return _problems([f"--listen: {exc}"], out=err, err=err, what="bad argument")
+    try:
+        demo = importlib.import_module("service.demo")
+        code = demo.main(listen=listen)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("gatebeat demo failed")
+        return EXIT_RUNTIME
+    return EXIT_OK if code is None else int(code)
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 runtime failure, 2 config problem).
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when ``None``).
+        out / err: where to write (stdout / stderr when ``None``).
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config, out=out, err=err)
+        if args.command == "run":
+            return _run(args.config, out=out, err=err)
+        if args.command == "demo":
+            return _demo(args.listen, err=err)
+        if args.command in ("drivers", "sample-config"):
+            config = getattr(args, "config", None)
+            registry = discover(_driver_dirs(config, args.driver_dir))
+            if args.command == "drivers":
+                return _drivers(registry, out=out)
+            return _sample(registry, args.driver, out=out)
+    except DriverError as exc:
+        return _problems([str(exc)], out=err, err=err, what="driver problem")
+    parser.print_help(err)
+    return EXIT_CONFIG
 
 
 if __name__ == "__main__":

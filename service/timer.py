@@ -284,15 +284,21 @@ class Timer:
                 deadline = asyncio.timeout(self._timeout)
                 async with deadline:
                     await awaitable
-            else:
-                await awaitable
+            elif self._run_in_thread:
+                # Shielded: a thread cannot be cancelled, so a cancelled tick must still know
+                # when its thread returns (see below).
+                await asyncio.shield(awaitable)
                 if self._timeout is not None and loop.time() - started > self._timeout:
                     outcome = Outcome.TIMEOUT
                     error = TimeoutError(
                         f"timer {self._name!r}: thread callback ran "
                         f"{loop.time() - started:.3f} s, timeout {self._timeout} s"
                     )
+            else:
+                await awaitable
         except asyncio.CancelledError:
+            if self._run_in_thread:
+                await _wait_for_thread(awaitable)
             self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
             raise
         except TimeoutError as exc:
@@ -385,6 +391,23 @@ class Timer:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+async def _wait_for_thread(awaitable: Awaitable[Any]) -> None:
+    """Wait until a cancelled tick's thread has returned, so that no tick overlaps it.
+
+    The thread keeps running after its tick is cancelled; the tick stays in flight (and
+    ``wait_stopped()`` keeps waiting) until it returns. The pending cancellation is re-raised
+    by the caller afterwards.
+    """
+    future = asyncio.ensure_future(awaitable)
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            continue
+    if not future.cancelled():
+        future.exception()  # retrieved: the tick is recorded as CANCELLED, not as an error
 
 
 def _phase_seconds(phase: float | timedelta | str, interval: float, name: str) -> float:

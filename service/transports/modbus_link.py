@@ -1,0 +1,187 @@
+"""Physical Modbus links: one pymodbus client per TCP endpoint or serial port.
+
+Every device reached through the same endpoint (a TCP gateway in front of RTU devices, one
+RS-485 line) shares one :class:`ModbusLink`, and every exchange on it happens inside a turn of
+the shared :class:`~service.bus.Bus`, so the link needs no lock of its own.
+
+The link connects lazily, on the first request. pymodbus's own reconnect loop is switched off
+(``reconnect_delay=0``) in favour of :class:`~service.transports.backoff.Backoff`: a failed
+connect makes requests fail fast with ``DeviceUnavailable`` until the next attempt is due, so a
+device that is offline at startup is retried for ever and blocks nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.framer import FramerType
+
+from service.bus import Bus
+from service.transports.backoff import Backoff
+from service.transports.errors import DeviceUnavailable, modbus_errors
+from service.transports.modbus_settings import (
+    ModbusRtuOverTcpSettings,
+    ModbusRtuSettings,
+    ModbusSettings,
+)
+
+__all__ = ["ModbusLink", "link_for", "link_key", "release"]
+
+log = logging.getLogger("gatebeat.transports.modbus")
+
+_LINK_FIELDS: dict[str, tuple[str, ...]] = {
+    "modbus-tcp": ("host", "port"),
+    "modbus-rtu-over-tcp": ("host", "port"),
+    "modbus-rtu": ("port", "baudrate", "parity", "stopbits", "bytesize"),
+}
+_links: weakref.WeakKeyDictionary[Bus, dict[str, ModbusLink]] = weakref.WeakKeyDictionary()
+
+
+def link_key(settings: ModbusSettings) -> str:
+    """The identity of the physical link (``"tcp:HOST:PORT"``, ``"serial:PORT"``)."""
+    if isinstance(settings, ModbusRtuSettings):
+        return f"serial:{settings.port}"
+    return f"tcp:{settings.host}:{settings.port}"
+
+
+class ModbusLink:
+    """One pymodbus client and its connection state, shared by the devices behind it.
+
+    Args:
+        settings: the settings of the first device opened on the link (its timeout, retries
+            and reconnect bounds apply to the whole link).
+        key: the link's identity, see :func:`link_key`.
+    """
+
+    def __init__(self, settings: ModbusSettings, *, key: str) -> None:
+        self.settings = settings
+        self.key = key
+        self.users = 0
+        self.backoff = Backoff(
+            first=settings.reconnect_delay,
+            cap=max(settings.reconnect_delay_max, settings.reconnect_delay),
+            jitter=settings.reconnect_jitter,
+        )
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._down = False
+
+    @property
+    def exchange_deadline(self) -> float:
+        """Seconds one request may take at most, all retries included, plus a small margin."""
+        return self.settings.timeout * (self.settings.retries + 1) + 0.5
+
+    @property
+    def connected(self) -> bool:
+        """True while the client holds an open connection."""
+        return self._client is not None and self._client.connected
+
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        s = self.settings
+        common: dict[str, Any] = {
+            "timeout": s.timeout,
+            "retries": s.retries,
+            "reconnect_delay": 0,
+            "reconnect_delay_max": 0,
+        }
+        if isinstance(s, ModbusRtuSettings):
+            return AsyncModbusSerialClient(
+                s.port,
+                framer=FramerType.RTU,
+                baudrate=s.baudrate,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                bytesize=s.bytesize,
+                **common,
+            )
+        framer = FramerType.RTU if isinstance(s, ModbusRtuOverTcpSettings) else FramerType.SOCKET
+        return AsyncModbusTcpClient(s.host, port=s.port, framer=framer, **common)
+
+    async def client(self, device: str) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        """Return the connected client, connecting first when due; call inside a bus turn.
+
+        Raises:
+            DeviceUnavailable: the link is backing off after a failure, or connecting failed.
+        """
+        if self._client is not None and self._client.connected:
+            return self._client
+        loop = asyncio.get_running_loop()
+        if self.backoff.backing_off(loop.time()):
+            wait = self.backoff.retry_at - loop.time()
+            raise DeviceUnavailable(
+                f"device {device!r}: link {self.key} is down, next connect attempt in {wait:.3f} s",
+                device=device,
+            )
+        if self._client is None:
+            self._client = self._make_client()
+        with modbus_errors(device, f"connect to {self.key}"):
+            async with asyncio.timeout(self.settings.timeout + 1.0):
+                ok = await self._client.connect()
+        if not ok:
+            wait = self.backoff.failed(loop.time())
+            if not self._down:
+                self._down = True
+                log.warning("Modbus link %s is down; retrying with backoff", self.key)
+            raise DeviceUnavailable(
+                f"device {device!r}: cannot connect to {self.key}, next attempt in {wait:.3f} s",
+                device=device,
+            )
+        self.backoff.succeeded()
+        if self._down:
+            self._down = False
+            log.info("Modbus link %s is up again", self.key)
+        if self.settings.connect_pause:
+            await asyncio.sleep(self.settings.connect_pause)
+        return self._client
+
+    def drop(self) -> None:
+        """Close the connection after an I/O failure, so the next request reconnects."""
+        if self._client is not None:
+            self._client.close()
+
+    def close(self) -> None:
+        """Close the client for good (the link may still be reopened lazily)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def link_for(bus: Bus, settings: ModbusSettings, *, device: str) -> ModbusLink:
+    """Return the link of ``settings`` on ``bus``, creating it on first use.
+
+    Raises:
+        ValueError: the link exists with different line settings (baud rate, parity, ...).
+    """
+    key = link_key(settings)
+    links = _links.setdefault(bus, {})
+    link = links.get(key)
+    if link is None:
+        link = links[key] = ModbusLink(settings, key=key)
+    else:
+        if link.settings.kind != settings.kind:
+            raise ValueError(
+                f"device {device!r}: {key} is already used as {link.settings.kind!r}, "
+                f"not {settings.kind!r}"
+            )
+        for name in _LINK_FIELDS[settings.kind]:
+            mine, theirs = getattr(settings, name), getattr(link.settings, name)
+            if mine != theirs:
+                raise ValueError(
+                    f"device {device!r}: {name} {mine!r} differs from {theirs!r} used by the "
+                    f"other devices on {key}"
+                )
+    link.users += 1
+    return link
+
+
+def release(bus: Bus, link: ModbusLink) -> None:
+    """Drop one user of ``link``; the last one closes it."""
+    link.users -= 1
+    if link.users <= 0:
+        link.close()
+        links = _links.get(bus)
+        if links is not None and links.get(link.key) is link:
+            del links[link.key]

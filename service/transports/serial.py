@@ -1,0 +1,568 @@
+"""Line-oriented serial transport: send a command, read one reply frame (pyserial-asyncio).
+
+A reply frame ends with a terminator (``"\\r\\n"`` by default) or has a fixed length
+(``frame_length`` bytes). Every exchange happens inside the device's :meth:`Bus.turn`, so devices
+sharing one RS-485 line never talk over each other.
+
+Line protocols carry no transaction ids, so the session resynchronises by itself:
+
+- input that arrives between exchanges is stale (a late reply, noise) and is discarded before
+  each request;
+- after a timeout or a framing error the session also waits for the line to go quiet
+  (``resync_quiet`` seconds without a byte, bounded by ``timeout``) before writing again, so the
+  tail of a late or garbled reply is not taken for the next answer;
+- a frame longer than ``max_frame_length`` raises :class:`FrameError` and the buffer is dropped.
+
+The port opens lazily on the first request. When it disappears (a USB adapter unplugged, a
+simulator stopped) the session closes it and reopens it on a later request; failed opens back off
+exponentially (``reconnect_delay`` doubling up to ``reconnect_delay_max``, with jitter), and
+requests made while backing off fail at once with :class:`DeviceUnavailable`. Nothing runs in the
+background, so an absent device costs no CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import random
+import termios
+from typing import Any, Literal, Self
+
+import serial_asyncio
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from service.bus import Bus
+from service.intervals import to_seconds
+from service.transports.errors import DeviceTimeout, DeviceUnavailable, FrameError
+
+__all__ = [
+    "SerialLineSession",
+    "SerialSettings",
+    "bus_name",
+    "default_gap",
+    "reconnect_backoff",
+]
+
+log = logging.getLogger("gatebeat.transport.serial")
+
+_BUFFER_CAP_MIN = 64 * 1024
+"""Bytes kept unread at most (or 4 x ``max_frame_length``) before the buffer is dropped."""
+
+
+class SerialSettings(BaseModel):
+    """Settings of a line-oriented serial device (``transport = { kind = "serial", ... }``).
+
+    Durations are seconds (numbers, or strings such as ``"250ms"``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["serial"] = "serial"
+    port: str = Field(min_length=1, description="Serial port path, e.g. /dev/ttyUSB0.")
+    baudrate: int = Field(9600, gt=0, description="Line speed in bits per second.")
+    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
+    stopbits: Literal[1, 2] = Field(1, description="Stop bits: 1 or 2.")
+    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits per character.")
+    terminator: str = Field(
+        "\r\n", description="End of a reply frame (ignored when frame_length is set)."
+    )
+    frame_length: int | None = Field(
+        None, gt=0, description="Fixed reply length in bytes, for devices without a terminator."
+    )
+    max_frame_length: int = Field(
+        1024, gt=0, description="Longest acceptable reply frame in bytes; longer is a FrameError."
+    )
+    encoding: str = Field("ascii", description="Text encoding of commands and replies.")
+    timeout: float = Field(1.0, description="Seconds to wait for a complete reply.")
+    resync_quiet: float = Field(
+        0.05, description="Seconds of silence awaited after a timeout or framing error."
+    )
+    reconnect_delay: float = Field(0.1, description="First delay before reopening, seconds.")
+    reconnect_delay_max: float = Field(10.0, description="Cap of the reopen backoff, seconds.")
+    connect_pause: float = Field(0.0, description="Pause after opening the port, seconds.")
+    request_gap: float = Field(
+        0.0, description="Minimum pause between two exchanges of this device, seconds."
+    )
+    bus: str | None = Field(None, description="Bus name shared with other devices on one line.")
+    gap: float | None = Field(None, description="Silence between frames on the bus, seconds.")
+
+    @field_validator("timeout", "reconnect_delay", "reconnect_delay_max", mode="before")
+    @classmethod
+    def _positive_seconds(cls, value: object, info: ValidationInfo) -> float:
+        return to_seconds(value, what=str(info.field_name))
+
+    @field_validator("resync_quiet", "connect_pause", "request_gap", mode="before")
+    @classmethod
+    def _non_negative_seconds(cls, value: object, info: ValidationInfo) -> float:
+        return to_seconds(value, what=str(info.field_name), allow_zero=True)
+
+    @field_validator("gap", mode="before")
+    @classmethod
+    def _optional_gap(cls, value: object) -> float | None:
+        return None if value is None else to_seconds(value, what="gap", allow_zero=True)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"encoding: unknown text encoding {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.frame_length is None and not self.terminator:
+            raise ValueError("terminator: must not be empty unless frame_length is set")
+        if self.frame_length is not None and self.frame_length > self.max_frame_length:
+            raise ValueError(
+                f"frame_length: {self.frame_length} exceeds max_frame_length "
+                f"{self.max_frame_length}"
+            )
+        if self.reconnect_delay_max < self.reconnect_delay:
+            raise ValueError(
+                f"reconnect_delay_max: {self.reconnect_delay_max} s is below "
+                f"reconnect_delay {self.reconnect_delay} s"
+            )
+        try:
+            self.terminator.encode(self.encoding)
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"terminator: {self.terminator!r} cannot be encoded as {self.encoding}"
+            ) from None
+        return self
+
+
+def bus_name(settings: SerialSettings) -> str:
+    """The bus a device is on: its ``bus`` setting, else ``"serial:<port>"``."""
+    return settings.bus if settings.bus is not None else f"serial:{settings.port}"
+
+
+def default_gap(settings: SerialSettings) -> float:
+    """Seconds of silence between frames on the device's bus: ``gap`` if set, else 0.
+
+    Line protocols frame by terminator, not by silence, so no gap is needed unless a device
+    asks for one.
+    """
+    return settings.gap if settings.gap is not None else 0.0
+
+
+def reconnect_backoff(
+    failures: int, *, delay: float, delay_max: float, random_value: float
+) -> float:
+    """Seconds to wait before reopening after ``failures`` consecutive failed opens.
+
+    The delay doubles from ``delay`` up to ``delay_max``; jitter takes up to 20 % off it (by
+    ``random_value`` in [0, 1)) so that devices on one adapter do not retry in lockstep. The
+    result is never above ``delay_max``.
+
+    Args:
+        failures: consecutive failures so far (>= 1).
+        delay: the first delay, seconds.
+        delay_max: the cap, seconds.
+        random_value: a uniform random number in [0, 1).
+
+    Raises:
+        ValueError: ``failures`` is below 1.
+    """
+    if failures < 1:
+        raise ValueError(f"reconnect_backoff: failures must be >= 1, got {failures!r}")
+    base = min(delay * 2.0 ** min(failures - 1, 60), delay_max)
+    return base * (1.0 - 0.2 * random_value)
+
+
+class _LineProtocol(asyncio.Protocol):
+    """Collects received bytes and wakes the one reader waiting for them."""
+
+    def __init__(self, cap: int) -> None:
+        self.buffer = bytearray()
+        self.overflowed = False
+        self.lost: BaseException | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.last_received = -float("inf")
+        self._cap = cap
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.last_received = asyncio.get_running_loop().time()
+        if len(self.buffer) > self._cap:
+            self.buffer.clear()
+            self.overflowed = True
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc if exc is not None else ConnectionError("port closed")
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def wait_received(self) -> None:
+        """Wait until more bytes arrive or the port is lost."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def wait_drained(self) -> None:
+        """Wait until the transport's write buffer is empty (or the port is lost)."""
+        if self._drained is not None:
+            await asyncio.shield(self._drained)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class SerialLineSession:
+    """One device's conversation on a serial line: command out, one reply frame back.
+
+    Args:
+        settings: the device's serial settings.
+        device: the device name, used in errors and logs.
+        bus: the bus the device shares (see :func:`bus_name`, :func:`default_gap`).
+    """
+
+    def __init__(self, settings: SerialSettings, *, device: str, bus: Bus) -> None:
+        self.settings = settings
+        self.device = device
+        self.bus = bus
+        self._terminator = settings.terminator.encode(settings.encoding)
+        self._protocol: _LineProtocol | None = None
+        self._transport: Any = None
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = -float("inf")
+        self._down = False
+        self._closed = False
+        self._needs_resync = False
+        self._last_exchange = -float("inf")
+        self._random = random.Random()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the port is open now."""
+        return self._protocol is not None and self._protocol.lost is None
+
+    async def request(self, command: bytes | str) -> str:
+        """Write ``command`` as given and return the next reply frame, without its terminator.
+
+        Args:
+            command: the bytes to send; a ``str`` is encoded with ``encoding``. Nothing is
+                appended: include the command's own terminator (``"READ?\\r\\n"``).
+
+        Raises:
+            DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
+            DeviceTimeout: no complete reply within ``timeout`` seconds.
+            FrameError: the reply is longer than ``max_frame_length`` or cannot be decoded.
+        """
+        data = self._encode(command, "request")
+        async with self._lock:
+            await self._ensure_open("request", data)
+            await self._pace()
+            async with self.bus.turn(self.device):
+                try:
+                    await self._resync("request", data)
+                    async with asyncio.timeout(self.settings.timeout):
+                        await self._write(data)
+                        return await self._read_frame("request", data)
+                except TimeoutError as exc:
+                    self._needs_resync = True
+                    raise DeviceTimeout(
+                        f"device {self.device!r}: request {data!r}: no complete reply within "
+                        f"{self.settings.timeout} s (received {self._pending()!r})",
+                        device=self.device,
+                    ) from exc
+                finally:
+                    self._last_exchange = asyncio.get_running_loop().time()
+
+    async def send(self, data: bytes | str) -> None:
+        """Write ``data`` inside a bus turn without waiting for a reply.
+
+        Raises:
+            DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
+            DeviceTimeout: the bytes could not be written within ``timeout`` seconds.
+        """
+        raw = self._encode(data, "send")
+        async with self._lock:
+            await self._ensure_open("send", raw)
+            await self._pace()
+            async with self.bus.turn(self.device):
+                try:
+                    async with asyncio.timeout(self.settings.timeout):
+                        await self._write(raw)
+                except TimeoutError as exc:
+                    raise DeviceTimeout(
+                        f"device {self.device!r}: send {raw!r}: not written within "
+                        f"{self.settings.timeout} s",
+                        device=self.device,
+                    ) from exc
+                finally:
+                    self._last_exchange = asyncio.get_running_loop().time()
+
+    async def read_frame(self) -> str:
+        """Return the next frame the device sends by itself (no command, no bus turn).
+
+        Raises:
+            DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
+            DeviceTimeout: no complete frame within ``timeout`` seconds.
+            FrameError: the frame is too long or cannot be decoded.
+        """
+        async with self._lock:
+            await self._ensure_open("read_frame", None)
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    return await self._read_frame("read_frame", None)
+            except TimeoutError as exc:
+                raise DeviceTimeout(
+                    f"device {self.device!r}: read_frame: no complete frame within "
+                    f"{self.settings.timeout} s (received {self._pending()!r})",
+                    device=self.device,
+                ) from exc
+
+    async def close(self) -> None:
+        """Close the port; later requests fail with :class:`DeviceUnavailable`. Idempotent."""
+        self._closed = True
+        self._drop_port()
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def _ensure_open(self, function: str, data: bytes | None) -> None:
+        what = function if data is None else f"{function} {data!r}"
+        if self._closed:
+            raise DeviceUnavailable(
+                f"device {self.device!r}: {what}: session closed", device=self.device
+            )
+        if self.connected:
+            return
+        self._drop_port()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self._retry_at:
+            raise DeviceUnavailable(
+                f"device {self.device!r}: {what}: port {self.settings.port!r} offline, next "
+                f"attempt in {self._retry_at - now:.2f} s",
+                device=self.device,
+            )
+        s = self.settings
+        cap = max(_BUFFER_CAP_MIN, 4 * s.max_frame_length)
+        try:
+            transport, protocol = await serial_asyncio.create_serial_connection(
+                loop,
+                lambda: _LineProtocol(cap),
+                s.port,
+                baudrate=s.baudrate,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                bytesize=s.bytesize,
+            )
+        except (OSError, ValueError) as exc:
+            self._failures += 1
+            delay = reconnect_backoff(
+                self._failures,
+                delay=s.reconnect_delay,
+                delay_max=s.reconnect_delay_max,
+                random_value=self._random.random(),
+            )
+            self._retry_at = loop.time() + delay
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "device %s: cannot open serial port %s (%s); retrying with backoff",
+                    self.device,
+                    s.port,
+                    exc,
+                    extra={"device": self.device},
+                )
+            raise DeviceUnavailable(
+                f"device {self.device!r}: {what}: cannot open port {s.port!r} ({exc}); next "
+                f"attempt in {delay:.2f} s",
+                device=self.device,
+            ) from exc
+        transport.set_write_buffer_limits(high=0)
+        self._transport = transport
+        self._protocol = protocol
+        self._failures = 0
+        self._retry_at = -float("inf")
+        self._needs_resync = False
+        if self._down:
+            self._down = False
+            log.info(
+                "device %s: serial port %s reopened",
+                self.device,
+                s.port,
+                extra={"device": self.device},
+            )
+        if s.connect_pause > 0:
+            await asyncio.sleep(s.connect_pause)
+
+    def _drop_port(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
+        self._protocol = None
+
+    def _port_lost(self, function: str, data: bytes | None) -> DeviceUnavailable:
+        """Close a lost port and return the error to raise; a later request reopens it."""
+        exc = self._protocol.lost if self._protocol is not None else None
+        self._drop_port()
+        if not self._down:
+            self._down = True
+            log.warning(
+                "device %s: serial port %s lost (%s)",
+                self.device,
+                self.settings.port,
+                exc,
+                extra={"device": self.device},
+            )
+        what = function if data is None else f"{function} {data!r}"
+        return DeviceUnavailable(
+            f"device {self.device!r}: {what}: port {self.settings.port!r} lost ({exc})",
+            device=self.device,
+        )
+
+    # -- exchange -----------------------------------------------------------------------
+
+    def _encode(self, data: bytes | str, function: str) -> bytes:
+        if isinstance(data, bytes):
+            return data
+        try:
+            return data.encode(self.settings.encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"device {self.device!r}: {function}: {data!r} cannot be encoded as "
+                f"{self.settings.encoding}"
+            ) from exc
+
+    async def _pace(self) -> None:
+        gap = self.settings.request_gap
+        if gap > 0:
+            wait = self._last_exchange + gap - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _resync(self, function: str, data: bytes) -> None:
+        """Discard stale input; after an error, first wait (bounded) for the line to go quiet."""
+        protocol = self._protocol
+        assert protocol is not None
+        if self._needs_resync:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.timeout
+            while protocol.lost is None:
+                protocol.buffer.clear()
+                quiet_at = protocol.last_received + self.settings.resync_quiet
+                now = loop.time()
+                if now >= quiet_at or now >= deadline:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(min(quiet_at, deadline)):
+                        await protocol.wait_received()
+            self._needs_resync = False
+        protocol.buffer.clear()
+        protocol.overflowed = False
+        if protocol.lost is None:
+            try:
+                self._transport.serial.reset_input_buffer()
+            except (OSError, termios.error) as exc:
+                protocol.lost = exc  # unplugged before the loop noticed
+                raise self._port_lost(function, data) from exc
+
+    async def _write(self, data: bytes) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        if protocol.lost is not None:
+            raise self._port_lost("write", data)
+        self._transport.write(data)
+        await protocol.wait_drained()
+        if protocol.lost is not None:
+            raise self._port_lost("write", data)
+
+    async def _read_frame(self, function: str, data: bytes | None) -> str:
+        protocol = self._protocol
+        assert protocol is not None
+        while True:
+            frame = self._take_frame(protocol, function, data)
+            if frame is not None:
+                return self._decode(frame, function, data)
+            if protocol.lost is not None:
+                raise self._port_lost(function, data)
+            await protocol.wait_received()
+
+    def _take_frame(
+        self, protocol: _LineProtocol, function: str, data: bytes | None
+    ) -> bytes | None:
+        buffer = protocol.buffer
+        limit = self.settings.max_frame_length
+        if protocol.overflowed:
+            protocol.overflowed = False
+            raise self._frame_error(
+                function, data, f"more than max_frame_length {limit} bytes without a frame end"
+            )
+        length = self.settings.frame_length
+        if length is not None:
+            if len(buffer) < length:
+                return None
+            frame = bytes(buffer[:length])
+            del buffer[:length]
+            return frame
+        end = buffer.find(self._terminator)
+        if end < 0:
+            if len(buffer) > limit + len(self._terminator):
+                buffer.clear()
+                raise self._frame_error(
+                    function, data, f"more than max_frame_length {limit} bytes without a terminator"
+                )
+            return None
+        frame = bytes(buffer[:end])
+        del buffer[: end + len(self._terminator)]
+        if len(frame) > limit:
+            raise self._frame_error(
+                function, data, f"frame of {len(frame)} bytes exceeds max_frame_length {limit}"
+            )
+        return frame
+
+    def _decode(self, frame: bytes, function: str, data: bytes | None) -> str:
+        try:
+            return frame.decode(self.settings.encoding)
+        except UnicodeDecodeError:
+            raise self._frame_error(
+                function, data, f"reply {frame[:40]!r} is not {self.settings.encoding}"
+            ) from None
+
+    def _frame_error(self, function: str, data: bytes | None, why: str) -> FrameError:
+        self._needs_resync = True
+        if self._protocol is not None:
+            self._protocol.buffer.clear()
+        what = function if data is None else f"{function} {data!r}"
+        return FrameError(f"device {self.device!r}: {what}: {why}", device=self.device)
+
+    def _pending(self) -> bytes:
+        return bytes(self._protocol.buffer[:40]) if self._protocol is not None else b""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

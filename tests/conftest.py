@@ -1,0 +1,28 @@
+"""Shared fixtures for the whole test suite (keep this file small)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+
+@pytest.fixture
+def stall() -> Callable[[float], None]:
+    """Return ``stall(seconds)``: block the running loop for ``seconds`` of virtual time.
+
+    Only for ``@pytest.mark.looptime`` tests. It stands for a synchronous call that hogs the
+    loop (a blocking driver, a slow ``json.dumps``): called from a synchronous callback, the
+    loop's clock jumps forward while nothing else can run. It moves looptime's clock with its
+    public ``setup_looptime(start=...)`` (forward only, so no ``TimeWarning``).
+    """
+
+    def advance(seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        setup = getattr(loop, "setup_looptime", None)
+        if setup is None or not getattr(loop, "looptime_on", False):
+            raise RuntimeError("stall() needs a test marked @pytest.mark.looptime")
+        setup(start=loop.time() + seconds)
+
+    return advance

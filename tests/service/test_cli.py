@@ -1,0 +1,199 @@
+"""The ``gatebeat`` CLI's non-running commands, and logging setup."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service import __version__
+from service.cli import main
+from service.logs import setup_logging
+from service.registry import discover
+
+BUNDLED = sorted(name for name in discover().names() if not name.startswith("_"))
+
+VALID = """
+[[devices]]
+name = "plc"
+driver = "example_plc_watchdog"
+transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 5020 }
+  [[devices.heartbeats]]
+  name = "watchdog"
+  interval = 5
+"""
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _no_gatebeat_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("GATEBEAT_"):
+            monkeypatch.delenv(key)
+
+
+def test_version_from_the_console_script() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gatebeat {__version__}"
+
+
+def test_no_command_prints_help_and_exits_2() -> None:
+    code, _, err = _run()
+    assert code == 2
+    assert "check-config" in err
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--nope"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "gatebeat.toml"
+    path.write_text(VALID)
+    code, out, _ = _run("check-config", "--config", str(path))
+    assert code == 0
+    assert out == (
+        "ok: 1 device(s) enabled of 1, 1 timer(s), 1 bus(es); drivers: example_plc_watchdog; "
+        "metrics on 127.0.0.1:9810\n"
+    )
+
+
+def test_check_config_uses_gatebeat_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gatebeat.toml"
+    path.write_text(VALID)
+    monkeypatch.setenv("GATEBEAT_CONFIG", str(path))
+    monkeypatch.setenv("GATEBEAT_METRICS__LISTEN", "0.0.0.0:9811")
+    code, out, _ = _run("check-config")
+    assert code == 0
+    assert out.endswith("metrics on 0.0.0.0:9811\n")
+
+
+def test_check_config_problems_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "gatebeat.toml"
+    path.write_text(VALID.replace("interval = 5", 'interval = "5 parsecs"') + "[oops]\n")
+    code, out, err = _run("check-config", "--config", str(path))
+    assert code == 2
+    assert out.splitlines() == [
+        "oops: unknown key",
+        "devices[plc].heartbeats[watchdog].interval: '5 parsecs' has an unknown unit 'parsecs' "
+        "(known: us, ms, s, m, min, h, d)",
+    ]
+    assert "2 problem(s)" in err
+
+
+def test_run_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
+    code, _, err = _run("run", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2
+    assert "config file not found" in err
+
+
+def test_demo_rejects_a_bad_listen_address() -> None:
+    code, _, err = _run("demo", "--listen", "nowhere")
+    assert code == 2
+    assert "--listen: 'nowhere' is not HOST:PORT" in err
+
+
+def test_drivers_lists_origin_transports_and_callbacks(tmp_path: Path) -> None:
+    (tmp_path / "mine.py").write_text(
+        "TRANSPORTS = ['serial']\nasync def poll(tick):\n    return {}\n"
+    )
+    code, out, _ = _run("drivers", "--driver-dir", str(tmp_path))
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "from: builtin" in lines["modbus"]
+    assert "modbus-tcp" in lines["modbus"]
+    assert lines["mine"] == (
+        f"mine  from: {(tmp_path / 'mine.py').resolve()}  transports: serial  callbacks: poll"
+    )
+
+
+def test_drivers_reports_broken_ones(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("raise RuntimeError('boom')\n")
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(f'[runtime]\ndriver_dirs = ["{tmp_path}"]\n')
+    code, out, _ = _run("drivers", "--config", str(config))
+    assert code == 2
+    assert "bad  ERROR: module" in out
+    assert "failed to import: RuntimeError: boom" in out
+
+
+def test_sample_config_unknown_driver() -> None:
+    code, _, err = _run("sample-config", "nosuchdriver")
+    assert code == 2
+    assert "driver 'nosuchdriver': unknown driver" in err
+
+
+@pytest.mark.parametrize("driver", BUNDLED)
+def test_sample_config_round_trips_through_check_config(driver: str, tmp_path: Path) -> None:
+    code, sample, _ = _run("sample-config", driver)
+    assert code == 0
+    assert sample.startswith(f"# gatebeat sample config for the '{driver}' driver")
+    path = tmp_path / "sample.toml"
+    path.write_text(sample)
+    code, out, _ = _run("check-config", "--config", str(path))
+    assert code == 0, out
+    assert out.splitlines()[-1].startswith("ok: 1 device(s) enabled of 1")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_text_logs_are_key_value_lines() -> None:
+    stream = io.StringIO()
+    setup_logging(format="text", level="debug", stream=stream)
+    adapter = logging.LoggerAdapter(logging.getLogger("gatebeat.health"), {"device": "boiler"})
+    adapter.warning("device down: %s", 'timeout "2 s"\nretrying')
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    fields = line.split(" ", 4)
+    assert fields[0].startswith("ts=") and fields[0].endswith("Z")
+    assert fields[1:4] == ["level=warning", "logger=gatebeat.health", "device=boiler"]
+    assert fields[4] == 'msg="device down: timeout \\"2 s\\"\\nretrying"\n'
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_json_logs_one_object_per_line() -> None:
+    stream = io.StringIO()
+    setup_logging(format="json", level="INFO", stream=stream)
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logging.getLogger("gatebeat.x").exception("failed", extra={"timer": "temps"})
+    logging.getLogger("gatebeat.x").debug("hidden")
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error"
+    assert record["timer"] == "temps"
+    assert record["msg"] == "failed"
+    assert "ValueError: bad" in record["exc"]
+
+
+def test_setup_logging_rejects_unknown_values() -> None:
+    with pytest.raises(ValueError, match="is not a level name"):
+        setup_logging(level="loud")
+    with pytest.raises(ValueError, match="must be 'text' or 'json'"):
+        setup_logging(format="xml")  # type: ignore[arg-type]

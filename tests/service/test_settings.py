@@ -1,0 +1,257 @@
+"""Loading, merging and validating the configuration (TOML + GATEBEAT_ environment)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.registry import discover
+from service.settings import ConfigError, load_settings
+
+DESIGN_EXAMPLE = """
+[metrics]
+listen = "127.0.0.1:9810"
+
+[[devices]]
+name = "boiler"
+driver = "modbus"
+unit_id = 1
+transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 5020 }
+
+  [[devices.polls]]
+  name = "temps"
+  interval = 5.0
+  registers = [
+    { field = "supply_temperature_celsius", table = "holding", address = 0, type = "int16" },
+    { field = "pump_running", table = "coil", address = 3, type = "bool" },
+  ]
+
+  [[devices.heartbeats]]
+  name = "watchdog"
+  interval = "10s"
+  write = { table = "holding", address = 100, value = "counter" }
+"""
+
+SENSOR = """
+from pydantic import BaseModel, Field, field_validator
+TRANSPORTS = ["serial"]
+DEFAULT_POLLS = [{"name": "reading", "interval": "250ms"}]
+class Config(BaseModel):
+    gain: float = Field(1.0, description="multiplier")
+    @field_validator("gain")
+    @classmethod
+    def _bad(cls, value):
+        if value == 13:
+            raise TypeError("unlucky")
+        return value
+class Heartbeat(BaseModel):
+    command: str
+async def poll(tick):
+    return {}
+async def heartbeat(tick):
+    return None
+"""
+
+POLLER = """
+TRANSPORTS = ["serial"]
+async def poll(tick):
+    return {}
+"""
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "gatebeat.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _problems(path: str | None, env: dict[str, str] | None = None, **kwargs: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env or {}, **kwargs)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def test_design_example_loads(tmp_path: Path) -> None:
+    settings = load_settings(_config(tmp_path, DESIGN_EXAMPLE), {})
+    assert settings.metrics.port == 9810
+    assert settings.logging.format == "text"
+    assert settings.runtime.shutdown_timeout == 5.0
+    (device,) = settings.resolved_devices
+    assert device.name == "boiler"
+    assert device.driver.name == "modbus"
+    assert device.unit_id == 1
+    assert [(t.name, t.kind, t.interval) for t in device.timers] == [
+        ("temps", "poll", 5.0),
+        ("watchdog", "heartbeat", 10.0),
+    ]
+    assert device.stale_after == 30.0
+    assert device.bus == "tcp:127.0.0.1:5020"
+    assert device.timers[0].spec.options is not None
+    assert settings.summary().startswith("ok: 1 device(s) enabled of 1, 2 timer(s), 1 bus(es)")
+
+
+def test_env_overrides_sections_and_config_path(tmp_path: Path) -> None:
+    path = _config(tmp_path, DESIGN_EXAMPLE)
+    env = {
+        "GATEBEAT_CONFIG": path,
+        "GATEBEAT_METRICS__LISTEN": "0.0.0.0:9900",
+        "GATEBEAT_LOGGING__FORMAT": "json",
+        "gatebeat_runtime__shutdown_timeout": "2s",
+        "GATEBEAT_RUNTIME__DRIVER_DIRS": json.dumps([str(tmp_path)]),
+    }
+    settings = load_settings(None, env)
+    assert settings.source == path
+    assert settings.metrics.listen == "0.0.0.0:9900"
+    assert settings.logging.format == "json"
+    assert settings.runtime.shutdown_timeout == 2.0
+    assert settings.runtime.driver_dirs == [str(tmp_path)]
+
+
+def test_env_devices_json_replaces_the_device_list(tmp_path: Path) -> None:
+    devices = [
+        {
+            "name": "meter",
+            "driver": "example_plc_watchdog",
+            "transport": {"kind": "modbus-tcp", "host": "10.0.0.5"},
+        }
+    ]
+    path = _config(tmp_path, DESIGN_EXAMPLE)
+    settings = load_settings(path, {"GATEBEAT_DEVICES": json.dumps(devices)})
+    assert [d.name for d in settings.resolved_devices] == ["meter"]
+
+
+def test_env_bad_json_is_a_problem(tmp_path: Path) -> None:
+    problems = _problems(_config(tmp_path, DESIGN_EXAMPLE), {"GATEBEAT_DEVICES": "[{"})
+    assert problems[0].startswith("GATEBEAT_DEVICES: not valid JSON")
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    text = (
+        DESIGN_EXAMPLE.replace("interval = 5.0", 'interval = "5 parsecs"').replace(
+            '"int16"', '"int17"'
+        )
+        + "\n[bogus]\n"
+    )
+    problems = _problems(_config(tmp_path, text), {"GATEBEAT_LOGGING__LEVEL": "loud"})
+    assert problems == [
+        "logging.level: 'loud' is not one of 'debug', 'info', 'warning', 'error', 'critical' "
+        "(set by GATEBEAT_LOGGING__LEVEL)",
+        "bogus: unknown key",
+        "devices[boiler].polls[temps].interval: '5 parsecs' has an unknown unit 'parsecs' "
+        "(known: us, ms, s, m, min, h, d)",
+        "devices[boiler].polls[temps].registers[0].type: 'int17' is not one of 'bool', 'int16', "
+        "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64', 'string'",
+    ]
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = _config(tmp_path, "[metrics]\nlisten = \n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}: line 2, column 10: TOML syntax error: ")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert _problems(str(tmp_path / "nope.toml")) == [
+        f"{tmp_path / 'nope.toml'}: config file not found"
+    ]
+
+
+def test_driver_defaults_config_and_timer_options(tmp_path: Path) -> None:
+    (tmp_path / "sensor.py").write_text(SENSOR)
+    registry = discover([tmp_path])
+    text = """
+[[devices]]
+name = "thermo"
+driver = "sensor"
+gain = 2.5
+transport = { kind = "serial", port = "/dev/ttyUSB1" }
+  [[devices.heartbeats]]
+  name = "ping"
+  interval = 1
+  phase = "auto"
+  command = "PING"
+"""
+    settings = load_settings(_config(tmp_path, text), {}, registry=registry)
+    (device,) = settings.resolved_devices
+    assert device.config is not None and device.config.gain == 2.5  # type: ignore[attr-defined]
+    assert device.unit_id is None
+    assert [(t.name, t.kind, t.interval, t.phase) for t in device.timers] == [
+        ("reading", "poll", 0.25, 0.0),
+        ("ping", "heartbeat", 1.0, "auto"),
+    ]
+    assert device.heartbeats[0].spec.options.command == "PING"  # type: ignore[union-attr]
+
+
+def test_driver_rules(tmp_path: Path) -> None:
+    (tmp_path / "sensor.py").write_text(SENSOR)
+    (tmp_path / "poller.py").write_text(POLLER)
+    registry = discover([tmp_path])
+    text = """
+[[devices]]
+name = "a"
+driver = "sensor"
+gain = 13
+gian = 1
+unit_id = 3
+transport = { kind = "serial", port = "/dev/ttyUSB1" }
+  [[devices.heartbeats]]
+  name = "ping"
+  interval = 1
+  comand = "PING"
+[[devices]]
+name = "b"
+driver = "poller"
+transport = { kind = "modbus-tcp", host = "h" }
+  [[devices.heartbeats]]
+  name = "hb"
+  interval = 1
+[[devices]]
+name = "c"
+driver = "poller"
+transport = { kind = "serial", port = "/dev/ttyUSB2" }
+"""
+    problems = _problems(_config(tmp_path, text), registry=registry)
+    assert problems == [
+        "devices[a].gian: unknown key (did you mean 'gain'?)",
+        "devices[a]: driver 'sensor' Config validation failed: TypeError: unlucky",
+        "devices[a].unit_id: applies to Modbus transports only, not 'serial'",
+        "devices[a].heartbeats[ping].comand: unknown key (did you mean 'command'?)",
+        "devices[a].heartbeats[ping].command: required, but missing",
+        "devices[b].transport.kind: driver 'poller' works with 'serial', not 'modbus-tcp'",
+        "devices[b].polls: driver 'poller' needs at least one [[devices.polls]] entry "
+        "(name, interval, ...)",
+        "devices[b].heartbeats: driver 'poller' has no heartbeat(); remove these entries",
+        "devices[c].polls: driver 'poller' needs at least one [[devices.polls]] entry "
+        "(name, interval, ...)",
+    ]
+
+
+def test_budget_warning_or_error(tmp_path: Path) -> None:
+    text = DESIGN_EXAMPLE.replace('"10s"', "0.5")
+    settings = load_settings(_config(tmp_path, text), {})
+    assert any("devices[boiler].watchdog: interval 0.5 s" in w for w in settings.warnings)
+    problems = _problems(_config(tmp_path, text), {"GATEBEAT_RUNTIME__STRICT_BUDGETS": "true"})
+    assert any("devices[boiler].watchdog: interval 0.5 s" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("listen", "ok"),
+    [
+        ("0.0.0.0:9810", True),
+        ("[::1]:9810", True),
+        ("host:0", True),
+        ("host", False),
+        ("[zz]:1", False),
+        ("a:70000", False),
+        (":9810", False),
+    ],
+)
+def test_listen_addresses(tmp_path: Path, listen: str, ok: bool) -> None:
+    env = {"GATEBEAT_METRICS__LISTEN": listen}
+    path = _config(tmp_path, DESIGN_EXAMPLE)
+    if ok:
+        assert load_settings(path, env).metrics.listen == listen
+    else:
+        assert _problems(path, env)[0].startswith("metrics.listen: ")
