@@ -52,7 +52,8 @@ LABEL org.opencontainers.image.title="gatebeat" \
 
 # Non-root user; dialout (gid 20 on Debian) opens /dev/ttyUSB*, /dev/ttyS*, /dev/ttyAMA*.
 RUN set -eu; \
-    useradd --system --uid 10001 --user-group --groups dialout \
+    groupadd --system --gid 10001 gatebeat; \
+    useradd --system --uid 10001 --gid gatebeat --groups dialout \
         --home-dir /var/lib/gatebeat --no-create-home --shell /usr/sbin/nologin gatebeat; \
     mkdir -p /etc/gatebeat/drivers /var/lib/gatebeat; \
     chown gatebeat:gatebeat /var/lib/gatebeat; \

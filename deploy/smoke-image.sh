@@ -248,6 +248,7 @@ run_and_check() {
   uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
   groups=$(awk '/^Groups:/ {$1=""; print}' "/proc/$pid/status")
   [ "$uid" != 0 ] || die "the service runs as root"
+  [ "$uid" = 10001 ] || die "the service runs as uid $uid, not 10001 (gatebeat)"
   grep -qw 20 <<<"$groups" || die "the service is not in group dialout (gid 20); groups:$groups"
   log "user OK (uid $uid, groups$groups)"
 

@@ -179,6 +179,32 @@ class RuntimeSettings(_Section):
     driver_dirs: list[str] = Field(
         default_factory=list, description="Directories of extra driver modules (*.py)."
     )
+    wakeup: Literal["auto", "loop", "precise"] = Field(
+        default="auto",
+        description="Timer wake-ups: 'precise' adds a helper thread that starts sparse ticks "
+        "within a fraction of a millisecond; 'loop' uses only the event loop; 'auto' = precise "
+        "on a real clock.",
+    )
+    max_loop_lag: Seconds = Field(
+        default=1.0, description="Event-loop lag in seconds above which /healthz reports 503."
+    )
+    exit_after_unhealthy: Seconds | None = Field(
+        default=None,
+        description="Exit with code 70 after the service has been unhealthy (stalled loop or "
+        "stale heartbeats) this many seconds in a row, so Docker or systemd restarts it. "
+        "Unset: never exit by itself.",
+    )
+    journal: str | None = Field(
+        default=None,
+        description="Path of the SQLite event journal (e.g. /var/lib/gatebeat/events.db); "
+        "unset: no journal.",
+    )
+    journal_max_age: Seconds = Field(
+        default=30 * 86400.0, description="Seconds an event is kept in the journal."
+    )
+    journal_max_events: int = Field(
+        default=100_000, ge=100, description="Events kept in the journal at most."
+    )
 
     @field_validator("shutdown_timeout")
     @classmethod

@@ -198,7 +198,9 @@ class Timer:
         """Stop ticking: after this returns no new callback starts. Idempotent.
 
         Args:
-            cancel: also cancel the in-flight callback (it is recorded as CANCELLED).
+            cancel: also cancel the in-flight callback (it is recorded as CANCELLED). A
+                ``run_in_thread`` callback cannot be interrupted: its tick stays in flight
+                until the thread returns.
         """
         if self._running:
             self._running = False

@@ -189,6 +189,7 @@ class WallClockSchedule:
             logger.info("wall clock passed fire time %s: it runs once now", pending.isoformat())
             self._jumped = True
             return Slot(1, start, start)
+        self._jumped = False
         base = wall
         if self._last is not None and wall < self._last <= wall + _REPEAT_GUARD:
             base = self._last
@@ -261,6 +262,7 @@ class AnySchedule:
 
     def __init__(self, members: Sequence[Schedule]) -> None:
         self.members = tuple(members)
+        self.watches_wall_clock = any(isinstance(m, Replannable) for m in self.members)
         self._current: list[Slot | None] = [None] * len(self.members)
         self._replanning = False
 
@@ -367,7 +369,8 @@ class TriggerTimer(Timer):
         if self.statistics().next_due is None and not self.in_flight:
             super().stop()  # the schedule never fires (a Once whose time has passed)
             return
-        if isinstance(self.schedule, Replannable):
+        schedule = self.schedule
+        if isinstance(schedule, Replannable) and getattr(schedule, "watches_wall_clock", True):
             self._arm_watch()
 
     def stop(self, cancel: bool = False) -> None:

@@ -68,32 +68,46 @@ class SerialSettings(BaseModel):
 
     kind: Literal["serial"] = "serial"
     port: str = Field(min_length=1, description="Serial port path, e.g. /dev/ttyUSB0.")
-    baudrate: int = Field(9600, gt=0, description="Line speed in bits per second.")
-    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
-    stopbits: Literal[1, 2] = Field(1, description="Stop bits: 1 or 2.")
-    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits per character.")
+    baudrate: int = Field(default=9600, gt=0, description="Line speed in bits per second.")
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: N (none), E (even), O (odd)."
+    )
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits: 1 or 2.")
+    bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits per character.")
     terminator: str = Field(
-        "\r\n", description="End of a reply frame (ignored when frame_length is set)."
+        default="\r\n", description="End of a reply frame (ignored when frame_length is set)."
     )
     frame_length: int | None = Field(
-        None, gt=0, description="Fixed reply length in bytes, for devices without a terminator."
+        default=None,
+        gt=0,
+        description="Fixed reply length in bytes, for devices without a terminator.",
     )
     max_frame_length: int = Field(
-        1024, gt=0, description="Longest acceptable reply frame in bytes; longer is a FrameError."
+        default=1024,
+        gt=0,
+        description="Longest acceptable reply frame in bytes; longer is a FrameError.",
     )
-    encoding: str = Field("ascii", description="Text encoding of commands and replies.")
-    timeout: float = Field(1.0, description="Seconds to wait for a complete reply.")
+    encoding: str = Field(default="ascii", description="Text encoding of commands and replies.")
+    timeout: float = Field(default=1.0, description="Seconds to wait for a complete reply.")
     resync_quiet: float = Field(
-        0.05, description="Seconds of silence awaited after a timeout or framing error."
+        default=0.05, description="Seconds of silence awaited after a timeout or framing error."
     )
-    reconnect_delay: float = Field(0.1, description="First delay before reopening, seconds.")
-    reconnect_delay_max: float = Field(10.0, description="Cap of the reopen backoff, seconds.")
-    connect_pause: float = Field(0.0, description="Pause after opening the port, seconds.")
+    reconnect_delay: float = Field(
+        default=0.1, description="First delay before reopening, seconds."
+    )
+    reconnect_delay_max: float = Field(
+        default=10.0, description="Cap of the reopen backoff, seconds."
+    )
+    connect_pause: float = Field(default=0.0, description="Pause after opening the port, seconds.")
     request_gap: float = Field(
-        0.0, description="Minimum pause between two exchanges of this device, seconds."
+        default=0.0, description="Minimum pause between two exchanges of this device, seconds."
     )
-    bus: str | None = Field(None, description="Bus name shared with other devices on one line.")
-    gap: float | None = Field(None, description="Silence between frames on the bus, seconds.")
+    bus: str | None = Field(
+        default=None, description="Bus name shared with other devices on one line."
+    )
+    gap: float | None = Field(
+        default=None, description="Silence between frames on the bus, seconds."
+    )
 
     @field_validator("timeout", "reconnect_delay", "reconnect_delay_max", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from service.records import TickRecord
-from service.triggers import At, Cron, Once, resolve_local
+from service.triggers import Any, At, Cron, Every, Once, Trigger, resolve_local
 from service.triggers_schedules import TriggerTimer
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -38,7 +38,7 @@ class MovableClock:
 
 
 def run(
-    trigger: At | Cron | Once, clock: MovableClock, **options: object
+    trigger: Trigger, clock: MovableClock, **options: object
 ) -> tuple[TriggerTimer, list[TickRecord], list[datetime]]:
     """A started timer for ``trigger``, its tick records and the wall time of each run."""
     records: list[TickRecord] = []
@@ -412,3 +412,17 @@ async def test_fire_times_passed_while_a_callback_runs_are_skipped_and_counted()
         (300.0, 300.0, 0),
     ]
     assert records[0].overrun and timer.statistics().skipped == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_any_mixes_wall_clock_and_loop_time_members_through_a_step() -> None:
+    clock = MovableClock(MONDAY)
+    timer, records, _ = run(Any(At("13:00"), Every(1000.0)), clock)
+    await sleep_until(2500.0)
+    clock.step(-3600.0)  # noticed at the check at 2520: wall 11:42, 13:00 is 78 min away
+    await sleep_until(8000.0)
+    timer.stop()
+    # the Every grid is untouched by the re-plan; 13:00 moved from 3600 to 7200
+    assert [r.due for r in records] == [1000.0 * n for n in range(1, 8)] + [7200.0, 8000.0]
+    assert timer.wall_clock_steps == 1

@@ -248,7 +248,7 @@ async def test_overlong_and_undecodable_frames() -> None:
 async def test_missing_port_fails_fast_while_backing_off(tmp_path: Path) -> None:
     port = str(tmp_path / "ttyGONE")
     async with session_for(port, reconnect_delay=0.5, reconnect_delay_max=1.0) as session:
-        with pytest.raises(DeviceUnavailable, match="cannot open port .*ttyGONE"):
+        with pytest.raises(DeviceUnavailable, match=r"cannot open port .*ttyGONE"):
             await session.request("READ?\r\n")
         started = time.perf_counter()
         with pytest.raises(DeviceUnavailable, match="offline, next attempt in"):
@@ -268,7 +268,7 @@ async def test_port_disappears_and_comes_back(tmp_path: Path) -> None:
     ):
         assert await session.request("READ?\r\n") == "21.5"
         await sim.stop()  # unplugged: the pty and the link are gone
-        with pytest.raises(DeviceUnavailable, match="lost|cannot open"):
+        with pytest.raises(DeviceUnavailable, match=r"lost|cannot open"):
             await session.request("READ?\r\n")
         with pytest.raises(DeviceUnavailable):
             await session.request("READ?\r\n")

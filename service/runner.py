@@ -1,0 +1,267 @@
+"""Run gatebeat: build buses, devices and timers from the settings; stop cleanly on a signal.
+
+Start-up order: metrics registry and journal, buses, device runtimes (sessions connect lazily,
+so an offline device never blocks start-up), the exporter (ready only once bound), the loop
+watchdog, start-up hooks and timers, then ``READY=1`` to systemd.
+
+Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
+timer (no new tick starts), wait for in-flight ticks for half the budget and cancel what is
+left, run shut-down hooks and close transports, stop the exporter, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from service import __version__
+from service.bus import Bus
+from service.device_runtime import DeviceRuntime
+from service.http import Exporter, ExporterError
+from service.journal import EventJournal
+from service.metrics import MetricsHub
+from service.scheduler import Scheduler
+from service.settings import GatebeatSettings
+from service.settings_devices import gap_of
+from service.systemd import SystemdNotifier
+from service.timer import Timer
+from service.watchdog import Watchdog
+
+__all__ = ["STALL_EXIT_CODE", "run", "serve"]
+
+logger = logging.getLogger("gatebeat.runner")
+
+STALL_EXIT_CODE = 70
+"""Exit code when ``runtime.exit_after_unhealthy`` gives up on a stalled service."""
+
+
+async def serve(
+    settings: GatebeatSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Exporter], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT arrives); return the exit code.
+
+    Args:
+        settings: validated settings (``service.settings.load_settings``).
+        stop: set it to shut down; a new event by default.
+        on_ready: called once the exporter is bound and every timer started.
+        handle_signals: install SIGTERM/SIGINT handlers on the loop.
+    """
+    loop = asyncio.get_running_loop()
+    runtime = settings.runtime
+    Scheduler.for_loop(loop, wakeup=runtime.wakeup)
+    stop = stop or asyncio.Event()
+    if handle_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _on_signal, signum, stop)
+
+    hub = MetricsHub(version=__version__)
+    journal = (
+        EventJournal(
+            runtime.journal,
+            max_age=runtime.journal_max_age,
+            max_events=runtime.journal_max_events,
+        )
+        if runtime.journal
+        else None
+    )
+    devices = [d for d in settings.resolved_devices if d.enabled]
+    buses: dict[str, Bus] = {}
+    for device in devices:
+        if device.bus not in buses:
+            bus = Bus(device.bus, gap=gap_of(device.transport))
+            bus.add_observer(hub.observe_bus)
+            buses[device.bus] = bus
+    runtimes: list[DeviceRuntime] = []
+    watchdog = Watchdog(
+        max_lag=runtime.max_loop_lag,
+        on_lag=hub.observe_loop_lag,
+        devices=lambda: [r.health for r in runtimes],
+    )
+    for device in devices:
+        runtimes.append(
+            DeviceRuntime(
+                device, bus=buses[device.bus], hub=hub, watchdog=watchdog, journal=journal
+            )
+        )
+    metrics = settings.metrics
+    password = metrics.basic_auth_password
+    exporter = Exporter(
+        metrics.listen,
+        hub.registry,
+        health=watchdog.check,
+        tls_cert=metrics.tls_cert,
+        tls_key=metrics.tls_key,
+        basic_auth=(
+            (metrics.basic_auth_user, password.get_secret_value())
+            if metrics.basic_auth_user and password is not None
+            else None
+        ),
+    )
+    try:
+        await exporter.start()
+    except ExporterError as exc:
+        logger.error("cannot serve metrics listen=%s error=%s", metrics.listen, exc)
+        if journal is not None:
+            journal.close()
+        return 1
+
+    notifier = SystemdNotifier()
+    systemd_timer: Timer | None = None
+    guard: _StallGuard | None = None
+    try:
+        watchdog.start()
+        await asyncio.gather(*(r.start() for r in runtimes))
+        timers = sum(len(r.timers) for r in runtimes)
+        if journal is not None:
+            journal.record(
+                "service_start",
+                f"gatebeat {__version__} started",
+                details={
+                    "config": settings.source,
+                    "config_hash": _config_hash(settings.source),
+                    "devices": len(runtimes),
+                    "timers": timers,
+                },
+            )
+        if notifier.enabled:
+            notifier.ready()
+            if notifier.watchdog_interval:
+                systemd_timer = Timer(
+                    notifier.watchdog_interval / 2,
+                    lambda: notifier.watchdog(watchdog.check()[0]),
+                    name="gatebeat/systemd-watchdog",
+                )
+                systemd_timer.start()
+        if runtime.exit_after_unhealthy is not None:
+            guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
+            guard.start()
+        logger.info(
+            "gatebeat running devices=%d timers=%d buses=%d metrics=%s/metrics",
+            len(runtimes),
+            timers,
+            len(buses),
+            exporter.url,
+        )
+        if on_ready is not None:
+            on_ready(exporter)
+        await stop.wait()
+    finally:
+        started = time.monotonic()
+        logger.info("gatebeat stopping")
+        notifier.stopping()
+        if guard is not None:
+            guard.stop()
+        if systemd_timer is not None:
+            systemd_timer.stop()
+        await _shutdown(runtimes, runtime.shutdown_timeout)
+        watchdog.stop()
+        await exporter.stop()
+        notifier.close()
+        if journal is not None:
+            journal.record("service_stop", "gatebeat stopped")
+            journal.close()
+        logger.info("gatebeat stopped seconds=%.3f", time.monotonic() - started)
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+    return 0
+
+
+async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    for runtime in runtimes:
+        runtime.stop()
+    try:
+        async with asyncio.timeout(budget / 2):
+            await asyncio.gather(*(r.wait_stopped() for r in runtimes))
+    except TimeoutError:
+        busy = [t.name for r in runtimes for t in r.timers if t.in_flight]
+        logger.warning("ticks still running at shutdown, cancelling timers=%s", ",".join(busy))
+        for runtime in runtimes:
+            runtime.cancel()
+    remaining = max(0.1, deadline - loop.time())
+    try:
+        async with asyncio.timeout(remaining):
+            await asyncio.gather(*(r.close() for r in runtimes))
+    except TimeoutError:
+        logger.warning("shutdown hooks and transports did not finish within %.1f s", budget)
+
+
+def _on_signal(signum: int, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        logger.warning("second %s: shutdown already in progress", signal.Signals(signum).name)
+        return
+    logger.info("received %s", signal.Signals(signum).name)
+    stop.set()
+
+
+def _config_hash(source: str | None) -> str | None:
+    if source is None:
+        return None
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+class _StallGuard:
+    """A thread that exits the process after the service stayed unhealthy for too long.
+
+    It runs outside the event loop on purpose: a stalled loop cannot notice its own stall, and
+    Docker does not restart a container just because its health check fails.
+    """
+
+    def __init__(self, watchdog: Watchdog, limit: float) -> None:
+        self._watchdog = watchdog
+        self._limit = limit
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gatebeat-stall-guard", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        unhealthy_since: float | None = None
+        period = min(1.0, self._limit / 4)
+        while not self._stopped.wait(period):
+            ok, reason = self._watchdog.check()
+            now = time.monotonic()
+            if ok:
+                unhealthy_since = None
+                continue
+            if unhealthy_since is None:
+                unhealthy_since = now
+            elif now - unhealthy_since >= self._limit:
+                logger.critical(
+                    "unhealthy for %.1f s, exiting code=%d problems=%s",
+                    now - unhealthy_since,
+                    STALL_EXIT_CODE,
+                    reason.get("problems"),
+                )
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                os._exit(STALL_EXIT_CODE)
+
+
+def run(settings: GatebeatSettings) -> int:
+    """Run gatebeat in this thread on asyncio or uvloop (``runtime.loop``); the exit code."""
+    if settings.runtime.loop == "uvloop":
+        import uvloop
+
+        return int(uvloop.run(serve(settings)))
+    return asyncio.run(serve(settings))
