@@ -245,8 +245,13 @@ run_and_check() {
 
   local pid uid groups
   pid=$(docker inspect -f '{{.State.Pid}}' "$CONTAINER")
-  uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
-  groups=$(awk '/^Groups:/ {$1=""; print}' "/proc/$pid/status")
+  if [ -r "/proc/$pid/status" ]; then   # the daemon runs on this host: PID 1 of the container
+    uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+    groups=$(awk '/^Groups:/ {$1=""; print}' "/proc/$pid/status")
+  else                                  # remote daemon: ask inside the container
+    uid=$(docker exec "$CONTAINER" sh -c "awk '/^Uid:/ {print \$2}' /proc/1/status")
+    groups=" $(docker exec "$CONTAINER" sh -c "awk '/^Groups:/ {\$1=\"\"; print}' /proc/1/status")"
+  fi
   [ "$uid" != 0 ] || die "the service runs as root"
   [ "$uid" = 10001 ] || die "the service runs as uid $uid, not 10001 (gatebeat)"
   grep -qw 20 <<<"$groups" || die "the service is not in group dialout (gid 20); groups:$groups"

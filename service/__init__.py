@@ -6,12 +6,22 @@ from service.records import Outcome, SchedulePolicy, TickObserver, TickRecord, T
 from service.schedule import DelaySchedule, FixedSchedule, Schedule, Slot
 from service.scheduler import Scheduler
 from service.timer import Timer
+from service.triggers import Any, At, Cron, Delay, Every, Forever, Once, OnShutDown, OnStartUp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Any",
+    "At",
+    "Cron",
+    "Delay",
     "DelaySchedule",
+    "Every",
     "FixedSchedule",
+    "Forever",
+    "OnShutDown",
+    "OnStartUp",
+    "Once",
     "Outcome",
     "Schedule",
     "SchedulePolicy",

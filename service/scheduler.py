@@ -203,13 +203,16 @@ class Scheduler:
         self._handle_when = math.inf
         heap = self._heap
         time_now = self._loop.time
+        # Entries pushed during this pass wait for the next one, so a schedule that is due
+        # again the moment its callback returns cannot hold the loop in this pass forever.
+        barrier = next(self._sequence)
         try:
             while heap:
-                when, _, item, token = heap[0]
+                when, sequence, item, token = heap[0]
                 if token != item._token:
                     heapq.heappop(heap)
                     continue
-                if when > time_now():
+                if when > time_now() or sequence > barrier:
                     break
                 heapq.heappop(heap)
                 item._fire(when)

@@ -98,7 +98,7 @@ class Timer:
                 offset = _phase_seconds(phase, seconds, name)
                 schedule = FixedSchedule(seconds, offset, immediate)
             else:
-                if phase not in (0, 0.0):
+                if phase == "auto" or to_seconds(phase, what="phase", allow_zero=True) != 0:
                     raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
                 schedule = DelaySchedule(seconds, immediate)
         self._schedule = schedule
@@ -191,7 +191,12 @@ class Timer:
         self._pending_skipped = 0
         slot = self._schedule.first(loop.time())
         self._slot = slot
-        if slot is not None and not self._inflight_busy:
+        if slot is None:  # a schedule that never fires (a one-shot whose time has passed)
+            self._running = False
+            if not self._inflight_busy:
+                self._wake_waiters()
+            return
+        if not self._inflight_busy:
             self._scheduler.schedule(slot.due, self)
 
     def stop(self, cancel: bool = False) -> None:

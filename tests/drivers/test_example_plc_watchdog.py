@@ -14,12 +14,6 @@ from service.simulators.modbus import ModbusSimulator, plc_watchdog_profile
 from service.transports.modbus import ModbusSession, ModbusTcpSettings
 
 
-def test_defaults() -> None:
-    assert watchdog.DEFAULT_HEARTBEATS == [{"name": "watchdog", "interval": 1.0}]
-    assert not hasattr(watchdog, "poll")
-    assert watchdog.Config().address == 100
-
-
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_counter_written_every_second_and_wraps() -> None:
@@ -49,3 +43,9 @@ async def test_counter_written_every_second_and_wraps() -> None:
         assert [value for _, value in seen] == [1, 2, 3, 1, 2]
         assert [round(t - start, 2) for t, _ in seen] == [1.0, 2.0, 3.0, 4.0, 5.0]
         await session.close()
+
+
+def test_defaults() -> None:
+    assert watchdog.DEFAULT_HEARTBEATS == [{"name": "watchdog", "interval": 1.0}]
+    assert not hasattr(watchdog, "poll")
+    assert watchdog.Config().address == 100

@@ -18,12 +18,6 @@ def tick(device: Device, kind: str, number: int = 1) -> Tick:
     )
 
 
-def test_driver_and_simulator_agree_on_the_register_map() -> None:
-    assert meter.REGISTERS == POWER_METER_SPECS
-    assert meter.Config().watchdog_address == 100
-    assert meter.Config.model_fields["watchdog_address"].description
-
-
 @pytest.mark.asyncio
 @pytest.mark.looptime
 @pytest.mark.parametrize("framer", ["socket", "rtu"])
@@ -66,3 +60,9 @@ async def test_exception_and_timeout_reach_the_caller_typed() -> None:
         with pytest.raises(DeviceTimeout, match="device 'pm'"):
             await meter.poll(tick(device, "poll"))
         await session.close()
+
+
+def test_driver_and_simulator_agree_on_the_register_map() -> None:
+    assert meter.REGISTERS == POWER_METER_SPECS
+    assert meter.Config().watchdog_address == 100
+    assert meter.Config.model_fields["watchdog_address"].description

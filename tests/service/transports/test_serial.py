@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,21 @@ pytestmark = pytest.mark.realtime
 
 CLOCK_SLACK = 0.002
 """Seconds an event loop may wake early (clock resolution), allowed in gap assertions."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _current_event_loop() -> Iterator[None]:
+    """Give pytest-asyncio a current loop to save and restore (pytest-asyncio issue #724).
+
+    Without one, pytest-asyncio 1.5 creates a loop it never closes, and its ResourceWarning
+    fails a later test under ``filterwarnings = error``. Remove once tests/conftest.py does this
+    for the whole suite.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def settings(port: str, **overrides: Any) -> SerialSettings:
