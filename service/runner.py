@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import disable_created_metrics
+
 from service import __version__
 from service.bus import Bus
 from service.device_runtime import DeviceRuntime
@@ -65,6 +67,7 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, signum, stop)
 
+    disable_created_metrics()  # *_created series only double the exposition for no one
     hub = MetricsHub(version=__version__)
     journal = (
         EventJournal(

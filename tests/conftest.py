@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _current_event_loop() -> Iterator[None]:
+    """Give pytest-asyncio a current loop to save and restore (pytest-asyncio issue #724).
+
+    Without one, pytest-asyncio 1.5 creates a loop it never closes, and its ResourceWarning
+    fails a later test under ``filterwarnings = error``.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ Line protocols carry no transaction ids, so the session resynchronises by itself
 
 - input that arrives between exchanges is stale (a late reply, noise) and is discarded before
   each request;
-- after a timeout or a framing error the session also waits for the line to go quiet
-  (``resync_quiet`` seconds without a byte, bounded by ``timeout``) before writing again, so the
-  tail of a late or garbled reply is not taken for the next answer;
+- after a timeout, a cancelled request or a framing error, the next request first waits for the
+  line to go quiet (``resync_quiet`` seconds without a byte since the failure, bounded by
+  ``timeout``), so the tail of a late or garbled reply is not taken for the next answer. A reply
+  later than ``timeout + resync_quiet`` can still be mistaken for the next one: no line protocol
+  without ids can tell; raise ``timeout`` for slow devices;
 - a frame longer than ``max_frame_length`` raises :class:`FrameError` and the buffer is dropped.
 
 The port opens lazily on the first request. When it disappears (a USB adapter unplugged, a
@@ -272,6 +274,7 @@ class SerialLineSession:
         self._down = False
         self._closed = False
         self._needs_resync = False
+        self._failed_at = -float("inf")
         self._last_exchange = -float("inf")
         self._random = random.Random()
 
@@ -302,8 +305,11 @@ class SerialLineSession:
                     async with asyncio.timeout(self.settings.timeout):
                         await self._write(data)
                         return await self._read_frame("request", data)
+                except asyncio.CancelledError:
+                    self._mark_resync()  # a reply may still be on its way
+                    raise
                 except TimeoutError as exc:
-                    self._needs_resync = True
+                    self._mark_resync()
                     raise DeviceTimeout(
                         f"device {self.device!r}: request {data!r}: no complete reply within "
                         f"{self.settings.timeout} s (received {self._pending()!r})",
@@ -486,7 +492,7 @@ class SerialLineSession:
             deadline = loop.time() + self.settings.timeout
             while protocol.lost is None:
                 protocol.buffer.clear()
-                quiet_at = protocol.last_received + self.settings.resync_quiet
+                quiet_at = max(protocol.last_received, self._failed_at) + self.settings.resync_quiet
                 now = loop.time()
                 if now >= quiet_at or now >= deadline:
                     break
@@ -565,8 +571,13 @@ class SerialLineSession:
                 function, data, f"reply {frame[:40]!r} is not {self.settings.encoding}"
             ) from None
 
-    def _frame_error(self, function: str, data: bytes | None, why: str) -> FrameError:
+    def _mark_resync(self) -> None:
+        """Make the next request first wait for ``resync_quiet`` seconds of silence."""
         self._needs_resync = True
+        self._failed_at = asyncio.get_running_loop().time()
+
+    def _frame_error(self, function: str, data: bytes | None, why: str) -> FrameError:
+        self._mark_resync()
         if self._protocol is not None:
             self._protocol.buffer.clear()
         what = function if data is None else f"{function} {data!r}"

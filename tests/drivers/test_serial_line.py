@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -18,21 +17,6 @@ from service.transports.errors import DeviceTimeout
 from service.transports.serial import SerialLineSession, SerialSettings
 
 THERMO = r"^(?P<temperature_celsius>-?\d+(?:\.\d+)?)$"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _current_event_loop() -> Iterator[None]:
-    """Give pytest-asyncio a current loop to save and restore (pytest-asyncio issue #724).
-
-    Without one, pytest-asyncio 1.5 creates a loop it never closes, and its ResourceWarning
-    fails a later test under ``filterwarnings = error``. Remove once tests/conftest.py does this
-    for the whole suite.
-    """
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield
-    asyncio.set_event_loop(None)
-    loop.close()
 
 
 def test_poll_validates_the_pattern_and_names_field_and_pattern() -> None:
