@@ -1,0 +1,151 @@
+"""``gatebeat run`` as a real process against a real Modbus TCP server, read over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from service.simulators.modbus import ModbusSimulator, boiler_profile
+from tests.e2e.helpers import free_port, gatebeat, get, scrape, stop, wait_until
+
+CONFIG = """
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[runtime]
+journal = "{journal}"
+shutdown_timeout = 3.0
+
+[[devices]]
+name = "boiler"
+driver = "modbus"
+unit_id = 1
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus_port}, timeout = 0.3 }}
+down_after_failures = 2
+
+  [[devices.polls]]
+  name = "temps"
+  interval = 0.2
+
+    [[devices.polls.registers]]
+    field = "supply_temperature_celsius"
+    table = "holding"
+    address = 0
+    type = "int16"
+    scale = 0.1
+
+    [[devices.polls.registers]]
+    field = "pump_running"
+    table = "coil"
+    address = 3
+    type = "bool"
+
+  [[devices.heartbeats]]
+  name = "watchdog"
+  interval = 0.2
+  write = {{ table = "holding", address = 100, value = "counter" }}
+"""
+
+FAMILIES = [
+    "gatebeat_tick_lateness_seconds_bucket",
+    "gatebeat_tick_duration_seconds_bucket",
+    "gatebeat_ticks_total",
+    "gatebeat_tick_overruns_total",
+    "gatebeat_ticks_skipped_total",
+    "gatebeat_timer_interval_seconds",
+    "gatebeat_device_up",
+    "gatebeat_device_last_success_timestamp_seconds",
+    "gatebeat_reading_supply_temperature_celsius",
+    "gatebeat_reading_pump_running",
+    "gatebeat_bus_wait_seconds_bucket",
+]
+
+
+def value(metrics: dict, name: str, **labels: str) -> float | None:
+    return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio
+async def test_run_polls_heartbeats_exports_and_stops_on_sigterm(tmp_path: Path) -> None:
+    simulator = ModbusSimulator(boiler_profile(1))
+    modbus_port = await simulator.start_tcp()
+    metrics_port = free_port()
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(
+        CONFIG.format(
+            metrics_port=metrics_port, modbus_port=modbus_port, journal=tmp_path / "events.db"
+        )
+    )
+    try:
+        with gatebeat("run", "--config", str(config), log=tmp_path / "gatebeat.log") as process:
+
+            def healthy_scrape() -> dict | None:
+                metrics = scrape(metrics_port)
+                if metrics and value(
+                    metrics, "gatebeat_device_up", device="boiler", driver="modbus"
+                ):
+                    return metrics
+                return None
+
+            metrics = await asyncio.to_thread(
+                wait_until, healthy_scrape, timeout=20, what="boiler up"
+            )
+            names = {name for name, _ in metrics}
+            assert [f for f in FAMILIES if f not in names] == []
+            assert value(
+                metrics, "gatebeat_reading_supply_temperature_celsius", device="boiler"
+            ) == (pytest.approx(65.5))
+            assert value(metrics, "gatebeat_reading_pump_running", device="boiler") == 1.0
+            assert (
+                value(metrics, "gatebeat_timer_interval_seconds", device="boiler", timer="temps")
+                == 0.2
+            )
+
+            def counter_written() -> int:
+                return int(simulator.registers("holding", 100, 1, unit=1)[0])
+
+            assert (
+                await asyncio.to_thread(
+                    wait_until, counter_written, timeout=10, what="watchdog counter written"
+                )
+                >= 1
+            )
+            status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics_port}/healthz")
+            assert status == 200, body
+            assert json.loads(body)["status"] == "ok"
+            status, page = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics_port}/")
+            assert status == 200 and "/metrics" in page
+
+            # The device goes away: its readings disappear and device_up drops.
+            await simulator.stop()
+
+            def device_down() -> dict | None:
+                m = scrape(metrics_port)
+                if m and value(m, "gatebeat_device_up", device="boiler", driver="modbus") == 0.0:
+                    return m
+                return None
+
+            down = await asyncio.to_thread(wait_until, device_down, timeout=20, what="boiler down")
+            assert (
+                value(down, "gatebeat_reading_supply_temperature_celsius", device="boiler") is None
+            )
+            errors = [labels for (name, labels) in down if name == "gatebeat_tick_errors_total"]
+            assert errors, "failed ticks are counted by error class"
+
+            # It comes back: reconnect, readings return.
+            await simulator.restart()
+            await asyncio.to_thread(wait_until, healthy_scrape, timeout=30, what="boiler back up")
+
+            code, seconds = await asyncio.to_thread(stop, process)
+            assert code == 0
+            assert seconds < 5.0
+    finally:
+        await simulator.close()
+    log = (tmp_path / "gatebeat.log").read_text()
+    assert "Traceback" not in log, log
+    assert "device=boiler down" in log
+    assert "device=boiler recovered" in log
