@@ -1,6 +1,7 @@
 """The ``gatebeat`` command line.
 
-Commands: ``run``, ``check-config``, ``drivers``, ``sample-config DRIVER``, ``demo``.
+Commands: ``run``, ``check-config``, ``drivers``, ``sample-config DRIVER``, ``demo``,
+``events``.
 
 Exit codes:
     0  success (``run``: a clean shutdown after SIGTERM/SIGINT).
@@ -70,7 +71,63 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--listen", metavar="HOST:PORT", default="127.0.0.1:9810", help="exporter address"
     )
+
+    events = commands.add_parser("events", help="print the event journal (runtime.journal)")
+    source = events.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="PATH", help="read runtime.journal from this config")
+    source.add_argument("--journal", metavar="PATH", help="the journal file itself")
+    events.add_argument("--device", metavar="NAME", help="only this device's events")
+    events.add_argument(
+        "--since", metavar="DURATION", help="only events newer than this ('1h', '30m', '90s')"
+    )
+    events.add_argument("--limit", type=int, default=1000, help="at most this many (newest)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
+
+
+def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
+    import json
+    import time
+
+    from service.intervals import parse_duration
+    from service.journal import read_events
+
+    path = args.journal
+    if path is None:
+        from service.settings import ConfigError, load_settings
+
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as exc:
+            return _problems(exc.problems, out=out, err=err, what="config refused")
+        path = settings.runtime.journal
+        if path is None:
+            return _problems(
+                ["runtime.journal: not set, so there is no event journal to read"],
+                out=err,
+                err=err,
+                what="no journal",
+            )
+    try:
+        since = parse_duration(args.since) if args.since else None
+    except ValueError as exc:
+        return _problems([f"--since: {exc}"], out=err, err=err, what="usage")
+    try:
+        events = read_events(path, device=args.device, since=since, limit=args.limit)
+    except (FileNotFoundError, OSError) as exc:
+        return _problems([f"--journal: {exc}"], out=err, err=err, what="no journal")
+    for event in events:
+        if args.json:
+            print(json.dumps(event.as_dict(), sort_keys=True), file=out)
+            continue
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.ts))
+        where = " ".join(
+            f"{k}={v}" for k, v in (("device", event.device), ("timer", event.timer)) if v
+        )
+        details = " ".join(f"{k}={v!r}" for k, v in event.details.items())
+        line = " ".join(part for part in (stamp, event.kind, where, event.message, details) if part)
+        print(line, file=out)
+    return EXIT_OK
 
 
 def _problems(lines: Sequence[str], *, out: TextIO, err: TextIO, what: str) -> int:
@@ -194,6 +251,8 @@ def main(
             return _run(args.config, out=out, err=err)
         if args.command == "demo":
             return _demo(args.listen, err=err)
+        if args.command == "events":
+            return _events(args, out=out, err=err)
         if args.command in ("drivers", "sample-config"):
             config = getattr(args, "config", None)
             registry = discover(_driver_dirs(config, args.driver_dir))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,42 @@ async def test_run_polls_heartbeats_exports_and_stops_on_sigterm(tmp_path: Path)
     assert "Traceback" not in log, log
     assert "device=boiler down" in log
     assert "device=boiler recovered" in log
+
+    journal = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "events",
+            "--journal",
+            str(tmp_path / "events.db"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    kinds = [json.loads(line)["kind"] for line in journal.stdout.splitlines()]
+    assert kinds[0] == "service_start" and kinds[-1] == "service_stop", kinds
+    assert kinds.index("device_down") < max(i for i, k in enumerate(kinds) if k == "device_up")
+    boiler_only = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "events",
+            "--journal",
+            str(tmp_path / "events.db"),
+            "--device",
+            "boiler",
+            "--since",
+            "1h",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "device_down device=boiler" in boiler_only.stdout
+    assert "service_start" not in boiler_only.stdout
