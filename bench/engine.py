@@ -289,7 +289,7 @@ def main() -> None:
 
     args.loop = args.loop or ("asyncio" if args.quick else "both")
     args.sizes = args.sizes or ("10000" if args.quick else "1,100,1000,10000")
-    args.seconds = args.seconds or (3.0 if args.quick else 5.0)
+    args.seconds = args.seconds or (3.0 if args.quick else 4.0)
     loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
     chosen = [i for i in ORDER if i in args.impls.split(",")]
     cfgs = configs(args)

@@ -44,12 +44,14 @@ class Poll(BaseModel):
     command: str = Field(
         min_length=1,
         description='Bytes sent to the device, including its terminator, e.g. "READ?\\r\\n".',
+        examples=["READ?\r\n"],
     )
     reply: str = Field(
         description=(
             "Regular expression searched in one reply line; each named group (?P<field>...) "
             "becomes a reading, a float when numeric, else a string."
         ),
+        examples=[r"^(?P<temperature_celsius>-?\d+(?:\.\d+)?)$"],
     )
 
     @field_validator("reply")

@@ -115,4 +115,9 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # pymodbus logs an ERROR with a frame dump on every timeout; gatebeat's typed errors and
+    # its one-line-per-transition logs already say it, so only debug shows pymodbus's own.
+    logging.getLogger("pymodbus").setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL
+    )
     return handler

@@ -275,9 +275,22 @@ class Timer:
                 self._complete(slot, token, started, loop.time(), Outcome.OK, None)
                 return
             awaitable = result
-        self._inflight = loop.create_task(
+        task = loop.create_task(
             self._run_async(slot, token, started, awaitable), name=f"gatebeat:{self._name}"
         )
+        self._inflight = task
+
+        def cancelled_before_start(done: asyncio.Task[None]) -> None:
+            # A task cancelled before its first step never runs _run_async, so nothing would
+            # complete the tick: do it here, and close the callback's coroutine unawaited.
+            if done.cancelled() and self._inflight is done:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+                elif isinstance(awaitable, asyncio.Future):
+                    awaitable.cancel()
+                self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+
+        task.add_done_callback(cancelled_before_start)
 
     async def _run_async(
         self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
