@@ -60,12 +60,10 @@ class Poll(BaseModel):
         try:
             compiled = re.compile(pattern)
         except re.error as exc:
-            raise ValueError(
-                f"reply: {pattern!r} is not a valid regular expression: {exc}"
-            ) from None
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
         if not compiled.groupindex:
             raise ValueError(
-                f"reply: {pattern!r} has no named group; use (?P<field_name>...) for each reading"
+                f"{pattern!r} has no named group; use (?P<field_name>...) for each reading"
             )
         return pattern
 

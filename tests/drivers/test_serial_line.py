@@ -27,7 +27,7 @@ def test_poll_validates_the_pattern_and_names_field_and_pattern() -> None:
     assert "'^(?P<t>[0-9+$'" in text
     assert "not a valid regular expression" in text
 
-    with pytest.raises(ValidationError, match=r"reply.*has no named group"):
+    with pytest.raises(ValidationError, match=r"(?s)reply.*has no named group"):
         Poll(command="READ?\r\n", reply=r"^\d+$")
     with pytest.raises(ValidationError, match="command"):
         Poll(command="", reply=THERMO)
