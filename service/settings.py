@@ -33,6 +33,7 @@ from service.registry import DriverError, Registry, discover
 from service.settings_devices import ResolvedDevice, ResolvedTimer, gap_of, resolve_device
 from service.settings_errors import ConfigError, format_location, translate_errors
 from service.settings_models import (
+    MAX_DEVICES,
     DeviceSettings,
     LoggingSettings,
     MetricsSettings,
@@ -68,7 +69,7 @@ class GatebeatSettings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
-    devices: list[DeviceSettings] = Field(default_factory=list)
+    devices: list[DeviceSettings] = Field(default_factory=list, max_length=MAX_DEVICES)
 
     _resolved: tuple[ResolvedDevice, ...] = PrivateAttr(default=())
     _warnings: tuple[str, ...] = PrivateAttr(default=())

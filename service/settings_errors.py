@@ -122,6 +122,8 @@ def _message(error: Mapping[str, Any], known_keys: Iterable[str] = ()) -> str:
         return f"must be a table ({{ key = value, ... }}), not {value!r}"
     if kind == "list_type":
         return f"must be a list, not {value!r}"
+    if kind == "too_long":
+        return f"has {ctx.get('actual_length')} entries, at most {ctx.get('max_length')} allowed"
     simple = _SIMPLE.get(kind)
     if simple is not None:
         return f"{value!r} {simple}"

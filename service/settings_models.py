@@ -30,7 +30,9 @@ from service.transports.modbus_settings import (
 from service.transports.serial import SerialSettings
 
 __all__ = [
+    "MAX_DEVICES",
     "MAX_INTERVAL",
+    "MAX_TIMERS_PER_DEVICE",
     "MIN_INTERVAL",
     "DeviceSettings",
     "Interval",
@@ -48,7 +50,11 @@ MIN_INTERVAL = 0.01
 MAX_INTERVAL = 7 * 86400.0
 """The longest poll/heartbeat interval accepted, seconds (one week)."""
 
-NAME_PATTERN = r"^[a-zA-Z0-9_.:-]+$"
+NAME_PATTERN = r"^[a-zA-Z0-9_.:-]{1,64}$"
+MAX_TIMERS_PER_DEVICE = 64
+"""Polls and heartbeats of one device, each (keeps label cardinality bounded)."""
+MAX_DEVICES = 5000
+"""Devices in one config (tested to 10,000 timers in one process; see the README's limits)."""
 _NAME = re.compile(NAME_PATTERN)
 _LISTEN = re.compile(r"\[(?P<v6>[0-9a-fA-F:.]+)\]:(?P<port>\d+)|(?P<host>[^:\[\]\s]+):(?P<p>\d+)")
 
@@ -68,7 +74,7 @@ def _seconds(value: Any) -> float:
 
 def _name(value: Any) -> Any:
     if isinstance(value, str) and not _NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid name (letters, digits and _ . : - only)")
+        raise ValueError(f"{value!r} is not a valid name (1 to 64 of: letters, digits and _ . : -)")
     return value
 
 
@@ -279,5 +285,9 @@ class DeviceSettings(BaseModel):
         default=None, description="Seconds without success before readings are stale."
     )
     enabled: bool = Field(default=True, description="false keeps the device configured but idle.")
-    polls: list[TimerSettings] = Field(default_factory=list, description="DELAY timers.")
-    heartbeats: list[TimerSettings] = Field(default_factory=list, description="FIXED timers.")
+    polls: list[TimerSettings] = Field(
+        default_factory=list, max_length=MAX_TIMERS_PER_DEVICE, description="DELAY timers."
+    )
+    heartbeats: list[TimerSettings] = Field(
+        default_factory=list, max_length=MAX_TIMERS_PER_DEVICE, description="FIXED timers."
+    )
