@@ -205,7 +205,10 @@ def _budget_findings(devices: Sequence[ResolvedDevice]) -> list[str]:
                     timeout=d.transport.timeout,
                     retries=getattr(d.transport, "retries", 0),
                     request_gap=d.transport.request_gap,
-                    timers=tuple(TimerLoad(t.name, t.interval, _requests(d, t)) for t in d.timers),
+                    timers=tuple(
+                        TimerLoad(f"{t.kind}s[{t.name}]", t.interval, _requests(d, t))
+                        for t in d.timers
+                    ),
                 )
                 for d in members
             ),
