@@ -25,175 +25,29 @@ background, so an absent device costs no CPU.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
-import random
 import termios
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import serial_asyncio
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 from service.bus import Bus
-from service.intervals import to_seconds
+from service.transports.backoff import Backoff
 from service.transports.errors import DeviceTimeout, DeviceUnavailable, FrameError
+from service.transports.serial_settings import SerialSettings, bus_name, default_gap
 
 __all__ = [
     "SerialLineSession",
     "SerialSettings",
     "bus_name",
     "default_gap",
-    "reconnect_backoff",
 ]
 
 log = logging.getLogger("gatebeat.transport.serial")
 
 _BUFFER_CAP_MIN = 64 * 1024
 """Bytes kept unread at most (or 4 x ``max_frame_length``) before the buffer is dropped."""
-
-
-class SerialSettings(BaseModel):
-    """Settings of a line-oriented serial device (``transport = { kind = "serial", ... }``).
-
-    Durations are seconds (numbers, or strings such as ``"250ms"``).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["serial"] = "serial"
-    port: str = Field(min_length=1, description="Serial port path, e.g. /dev/ttyUSB0.")
-    baudrate: int = Field(default=9600, gt=0, description="Line speed in bits per second.")
-    parity: Literal["N", "E", "O"] = Field(
-        default="N", description="Parity: N (none), E (even), O (odd)."
-    )
-    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits: 1 or 2.")
-    bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits per character.")
-    terminator: str = Field(
-        default="\r\n", description="End of a reply frame (ignored when frame_length is set)."
-    )
-    frame_length: int | None = Field(
-        default=None,
-        gt=0,
-        description="Fixed reply length in bytes, for devices without a terminator.",
-    )
-    max_frame_length: int = Field(
-        default=1024,
-        gt=0,
-        description="Longest acceptable reply frame in bytes; longer is a FrameError.",
-    )
-    encoding: str = Field(default="ascii", description="Text encoding of commands and replies.")
-    timeout: float = Field(default=1.0, description="Seconds to wait for a complete reply.")
-    resync_quiet: float = Field(
-        default=0.05, description="Seconds of silence awaited after a timeout or framing error."
-    )
-    reconnect_delay: float = Field(
-        default=0.1, description="First delay before reopening, seconds."
-    )
-    reconnect_delay_max: float = Field(
-        default=10.0, description="Cap of the reopen backoff, seconds."
-    )
-    connect_pause: float = Field(default=0.0, description="Pause after opening the port, seconds.")
-    request_gap: float = Field(
-        default=0.0, description="Minimum pause between two exchanges of this device, seconds."
-    )
-    bus: str | None = Field(
-        default=None, description="Bus name shared with other devices on one line."
-    )
-    gap: float | None = Field(
-        default=None, description="Silence between frames on the bus, seconds."
-    )
-
-    @field_validator("timeout", "reconnect_delay", "reconnect_delay_max", mode="before")
-    @classmethod
-    def _positive_seconds(cls, value: object, info: ValidationInfo) -> float:
-        return to_seconds(value, what=str(info.field_name))
-
-    @field_validator("resync_quiet", "connect_pause", "request_gap", mode="before")
-    @classmethod
-    def _non_negative_seconds(cls, value: object, info: ValidationInfo) -> float:
-        return to_seconds(value, what=str(info.field_name), allow_zero=True)
-
-    @field_validator("gap", mode="before")
-    @classmethod
-    def _optional_gap(cls, value: object) -> float | None:
-        return None if value is None else to_seconds(value, what="gap", allow_zero=True)
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"encoding: unknown text encoding {value!r}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.frame_length is None and not self.terminator:
-            raise ValueError("terminator: must not be empty unless frame_length is set")
-        if self.frame_length is not None and self.frame_length > self.max_frame_length:
-            raise ValueError(
-                f"frame_length: {self.frame_length} exceeds max_frame_length "
-                f"{self.max_frame_length}"
-            )
-        if self.reconnect_delay_max < self.reconnect_delay:
-            raise ValueError(
-                f"reconnect_delay_max: {self.reconnect_delay_max} s is below "
-                f"reconnect_delay {self.reconnect_delay} s"
-            )
-        try:
-            self.terminator.encode(self.encoding)
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"terminator: {self.terminator!r} cannot be encoded as {self.encoding}"
-            ) from None
-        return self
-
-
-def bus_name(settings: SerialSettings) -> str:
-    """The bus a device is on: its ``bus`` setting, else ``"serial:<port>"``."""
-    return settings.bus if settings.bus is not None else f"serial:{settings.port}"
-
-
-def default_gap(settings: SerialSettings) -> float:
-    """Seconds of silence between frames on the device's bus: ``gap`` if set, else 0.
-
-    Line protocols frame by terminator, not by silence, so no gap is needed unless a device
-    asks for one.
-    """
-    return settings.gap if settings.gap is not None else 0.0
-
-
-def reconnect_backoff(
-    failures: int, *, delay: float, delay_max: float, random_value: float
-) -> float:
-    """Seconds to wait before reopening after ``failures`` consecutive failed opens.
-
-    The delay doubles from ``delay`` up to ``delay_max``; jitter takes up to 20 % off it (by
-    ``random_value`` in [0, 1)) so that devices on one adapter do not retry in lockstep. The
-    result is never above ``delay_max``.
-
-    Args:
-        failures: consecutive failures so far (>= 1).
-        delay: the first delay, seconds.
-        delay_max: the cap, seconds.
-        random_value: a uniform random number in [0, 1).
-
-    Raises:
-        ValueError: ``failures`` is below 1.
-    """
-    if failures < 1:
-        raise ValueError(f"reconnect_backoff: failures must be >= 1, got {failures!r}")
-    base = min(delay * 2.0 ** min(failures - 1, 60), delay_max)
-    return base * (1.0 - 0.2 * random_value)
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -269,14 +123,14 @@ class SerialLineSession:
         self._protocol: _LineProtocol | None = None
         self._transport: Any = None
         self._lock = asyncio.Lock()
-        self._failures = 0
-        self._retry_at = -float("inf")
+        self._backoff = Backoff(
+            first=settings.reconnect_delay, cap=settings.reconnect_delay_max, jitter=0.2
+        )
         self._down = False
         self._closed = False
         self._needs_resync = False
         self._failed_at = -float("inf")
         self._last_exchange = -float("inf")
-        self._random = random.Random()
 
     @property
     def connected(self) -> bool:
@@ -380,10 +234,10 @@ class SerialLineSession:
         self._drop_port()
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now < self._retry_at:
+        if now < self._backoff.retry_at:
             raise DeviceUnavailable(
                 f"device {self.device!r}: {what}: port {self.settings.port!r} offline, next "
-                f"attempt in {self._retry_at - now:.2f} s",
+                f"attempt in {self._backoff.retry_at - now:.2f} s",
                 device=self.device,
             )
         s = self.settings
@@ -399,14 +253,7 @@ class SerialLineSession:
                 bytesize=s.bytesize,
             )
         except (OSError, ValueError) as exc:
-            self._failures += 1
-            delay = reconnect_backoff(
-                self._failures,
-                delay=s.reconnect_delay,
-                delay_max=s.reconnect_delay_max,
-                random_value=self._random.random(),
-            )
-            self._retry_at = loop.time() + delay
+            delay = self._backoff.failed(loop.time())
             if not self._down:
                 self._down = True
                 log.warning(
@@ -424,8 +271,7 @@ class SerialLineSession:
         transport.set_write_buffer_limits(high=0)
         self._transport = transport
         self._protocol = protocol
-        self._failures = 0
-        self._retry_at = -float("inf")
+        self._backoff.succeeded()
         self._needs_resync = False
         if self._down:
             self._down = False

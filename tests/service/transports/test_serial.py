@@ -25,7 +25,6 @@ from service.transports.serial import (
     SerialSettings,
     bus_name,
     default_gap,
-    reconnect_backoff,
 )
 
 pytestmark = pytest.mark.realtime
@@ -97,16 +96,6 @@ def test_settings_errors_name_the_field(values: dict[str, Any], field: str, frag
     text = str(caught.value)
     assert field in text
     assert fragment in text
-
-
-def test_reconnect_backoff_doubles_caps_and_jitters() -> None:
-    delays = [reconnect_backoff(n, delay=0.1, delay_max=1.0, random_value=0.0) for n in (1, 2, 3)]
-    assert delays == pytest.approx([0.1, 0.2, 0.4])
-    assert reconnect_backoff(50, delay=0.1, delay_max=1.0, random_value=0.0) == 1.0
-    assert reconnect_backoff(50, delay=0.1, delay_max=1.0, random_value=0.999) >= 0.8
-    assert reconnect_backoff(1, delay=0.1, delay_max=1.0, random_value=0.5) == pytest.approx(0.09)
-    with pytest.raises(ValueError, match="failures must be >= 1, got 0"):
-        reconnect_backoff(0, delay=0.1, delay_max=1.0, random_value=0.0)
 
 
 # -- request / reply ----------------------------------------------------------------------
