@@ -12,7 +12,7 @@ import math
 import re
 from datetime import timedelta
 
-__all__ = ["IntervalLike", "parse_duration", "to_seconds"]
+__all__ = ["IntervalLike", "parse_duration", "setting_seconds", "to_seconds"]
 
 IntervalLike = float | int | timedelta | str
 
@@ -83,3 +83,16 @@ def to_seconds(value: object, *, what: str = "interval", allow_zero: bool = Fals
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{what} must be {bound} seconds, got {value!r}")
     return seconds
+
+
+def setting_seconds(value: object, *, what: str = "duration", allow_zero: bool = False) -> float:
+    """:func:`to_seconds` for config validators: every bad value is a ``ValueError``.
+
+    pydantic turns ``ValueError`` into a located validation error, but lets ``TypeError``
+    escape as a traceback, so a config value of the wrong type (``interval = false``,
+    ``timeout = [1]``) must be reported as a ``ValueError`` too.
+    """
+    try:
+        return to_seconds(value, what=what, allow_zero=allow_zero)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None

@@ -39,6 +39,7 @@ CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts);
 """
 _STOP = object()
 _PRUNE_EVERY = 500  # inserts between retention passes
+_BATCH_MAX = 500  # events per transaction at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ class EventJournal:
             while True:
                 item = self._queue.get()
                 batch = [item]
-                while True:
+                while len(batch) < _BATCH_MAX:  # bounded, or a steady producer starves commits
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:

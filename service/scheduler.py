@@ -10,7 +10,11 @@ removed lazily: their entries carry an old token and are dropped when popped.
 
 Never early: a loop may fire a ``call_at`` handle slightly before its time (asyncio's
 clock-resolution slack, uvloop's millisecond rounding). An entry only runs once ``loop.time()``
-has reached its due time; otherwise the handle is armed again.
+has reached its due time; otherwise the handle is armed again (on uvloop, whose timers and
+clock move in whole milliseconds, one millisecond on, so an early wake-up never spins).
+
+While a wake-up dispatches, rescheduled timers only go into the heap; the one loop handle is
+armed once at the end, for whatever is due first.
 
 Precise wake-ups: asyncio rounds the selector's timeout up to whole milliseconds (twice, through
 float rounding), so a bare ``call_at`` starts 1-2 ms late. With ``wakeup="precise"`` a helper
@@ -42,6 +46,7 @@ PRECISE_MIN_GAP = 0.002
 """Seconds: the precise thread is armed only when the next due time is at least this far off."""
 
 _CLOCK_MATCH_TOLERANCE = 0.005
+_MILLISECOND = 0.001
 _THREAD_RECHECK = 1.0  # seconds: an idle wake-up thread checks this often whether its loop is gone
 
 
@@ -66,14 +71,18 @@ class _PreciseWaker:
 
     def arm(self, when: float) -> None:
         """Wake the loop at loop time ``when`` (replaces any earlier target)."""
+        target = when - self._offset
+        if target == self._target:
+            return
         with self._cond:
-            self._target = when - self._offset
+            self._target = target
             self._cond.notify()
 
     def disarm(self) -> None:
+        if self._target == math.inf:
+            return  # already idle: no lock, no thread wake-up
         with self._cond:
             self._target = math.inf
-            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -119,6 +128,8 @@ class Scheduler:
         self._sequence = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._handle_when = math.inf
+        self._dispatching = False
+        self._millisecond_timers = type(loop).__module__.partition(".")[0] == "uvloop"
         self._waker: _PreciseWaker | None = None
         if wakeup == "precise" or (wakeup == "auto" and _clock_is_monotonic(loop)):
             self._waker = _PreciseWaker(loop, self)
@@ -158,7 +169,7 @@ class Scheduler:
     def schedule(self, when: float, item: _Schedulable) -> None:
         """Run ``item._fire(when)`` once loop time reaches ``when`` (if its token is unchanged)."""
         heapq.heappush(self._heap, (when, next(self._sequence), item, item._token))
-        if when < self._handle_when:
+        if when < self._handle_when and not self._dispatching:
             self._arm(when)
 
     def close(self) -> None:
@@ -182,6 +193,8 @@ class Scheduler:
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
+            if self._handle_when == when:
+                return
             self._handle.cancel()
         self._handle = self._loop.call_at(when, self._on_wake)
         self._handle_when = when
@@ -202,25 +215,40 @@ class Scheduler:
         self._handle = None
         self._handle_when = math.inf
         heap = self._heap
+        heappop = heapq.heappop
         time_now = self._loop.time
+        now = time_now()
+        ran = False
         # Entries pushed during this pass wait for the next one, so a schedule that is due
         # again the moment its callback returns cannot hold the loop in this pass forever.
         barrier = next(self._sequence)
+        self._dispatching = True
         try:
             while heap:
                 when, sequence, item, token = heap[0]
                 if token != item._token:
-                    heapq.heappop(heap)
+                    heappop(heap)
                     continue
-                if when > time_now() or sequence > barrier:
+                if sequence > barrier:
                     break
-                heapq.heappop(heap)
+                if when > now:
+                    now = time_now()  # callbacks take time: look again before giving up
+                    if when > now:
+                        break
+                heappop(heap)
+                ran = True
                 item._fire(when)
         finally:
+            self._dispatching = False
             while heap and heap[0][3] != heap[0][2]._token:
-                heapq.heappop(heap)
+                heappop(heap)
             if heap:
-                self._arm(heap[0][0])
+                when = heap[0][0]
+                if self._millisecond_timers and not ran and when > now:
+                    # Woken early by a loop that rounds timer delays to whole milliseconds
+                    # (uvloop): arm a millisecond on instead of spinning until the clock moves.
+                    when = max(when, now + _MILLISECOND)
+                self._arm(when)
             elif self._waker is not None:
                 self._waker.disarm()
 

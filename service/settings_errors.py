@@ -20,7 +20,7 @@ from pydantic import ValidationError
 __all__ = ["ConfigError", "format_location", "translate_errors"]
 
 _NAMED_LISTS = frozenset({"devices", "polls", "heartbeats"})
-_NAME = re.compile(r"^[a-zA-Z0-9_.:-]+$")
+_NAME = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")  # settings_models.NAME_PATTERN
 
 
 class ConfigError(Exception):

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.intervals import to_seconds
+from service.intervals import setting_seconds
 from service.transports.modbus_settings import (
     ModbusRtuOverTcpSettings,
     ModbusRtuSettings,
@@ -60,7 +60,7 @@ _LISTEN = re.compile(r"\[(?P<v6>[0-9a-fA-F:.]+)\]:(?P<port>\d+)|(?P<host>[^:\[\]
 
 
 def _interval(value: Any) -> float:
-    seconds = to_seconds(value, what="interval")
+    seconds = setting_seconds(value, what="interval")
     if seconds < MIN_INTERVAL:
         raise ValueError(f"{value!r} is below the minimum interval of {MIN_INTERVAL} s (10ms)")
     if seconds > MAX_INTERVAL:
@@ -69,12 +69,13 @@ def _interval(value: Any) -> float:
 
 
 def _seconds(value: Any) -> float:
-    return to_seconds(value, what="duration")
+    return setting_seconds(value, what="duration")
 
 
 def _name(value: Any) -> Any:
     if isinstance(value, str) and not _NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid name (1 to 64 of: letters, digits and _ . : -)")
+        shown = repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
+        raise ValueError(f"{shown} is not a valid name (1 to 64 of: letters, digits and _ . : -)")
     return value
 
 

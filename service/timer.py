@@ -102,6 +102,8 @@ class Timer:
                     raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
                 schedule = DelaySchedule(seconds, immediate)
         self._schedule = schedule
+        # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).
+        self._fixed = schedule if type(schedule) is FixedSchedule else None
         self._timeout = (
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
         )
@@ -255,9 +257,10 @@ class Timer:
         scheduler = self._scheduler
         if slot is None or scheduler is None or not self._running or self._inflight_busy:
             return
-        loop = scheduler.loop
+        loop = scheduler._loop
+        now = loop.time
         token = self._token
-        started = loop.time()
+        started = now()
         self._inflight_busy = True
         self._current = slot
         if self._run_in_thread:
@@ -266,13 +269,13 @@ class Timer:
             try:
                 result = self._callback()
             except asyncio.CancelledError:
-                self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+                self._complete(slot, token, started, now(), Outcome.CANCELLED, None)
                 raise
             except Exception as exc:
-                self._complete(slot, token, started, loop.time(), Outcome.ERROR, exc)
+                self._complete(slot, token, started, now(), Outcome.ERROR, exc)
                 return
-            if not inspect.isawaitable(result):
-                self._complete(slot, token, started, loop.time(), Outcome.OK, None)
+            if result is None or not inspect.isawaitable(result):
+                self._complete(slot, token, started, now(), Outcome.OK, None)
                 return
             awaitable = result
         task = loop.create_task(
@@ -342,10 +345,18 @@ class Timer:
         self._inflight = None
         self._inflight_busy = False
         self._current = None
-        overrun = self._schedule.overrun(slot, started, finished)
+        fixed = self._fixed
+        if fixed is not None:
+            # FixedSchedule.due(origin, number + 1), inlined: the same expression, so the
+            # same float, as the schedule's own arithmetic.
+            next_due = slot.origin + fixed.phase + (slot.number + 1) * fixed.interval
+            overrun = finished > next_due
+        else:
+            overrun = self._schedule.overrun(slot, started, finished)
         lateness = started - slot.due
         self._ticks += 1
-        self._overruns += overrun
+        if overrun:
+            self._overruns += 1
         self._last_lateness = lateness
         self._last_duration = finished - started
         if self._max_lateness is None or lateness > self._max_lateness:
@@ -369,7 +380,7 @@ class Timer:
                     outcome.value,
                     error,
                 )
-        skipped_before, self._pending_skipped = self._pending_skipped, 0
+        skipped_before = self._pending_skipped
         if self._observers:
             record = TickRecord(
                 timer=self._name,
@@ -389,23 +400,33 @@ class Timer:
                     logger.exception("timer=%s observer %r failed", self._name, observer)
 
         if not self._running:
+            self._pending_skipped = 0
             self._wake_waiters()
             return
+        scheduler = self._scheduler
+        assert scheduler is not None
+        if fixed is not None and token == self._token and next_due >= finished:
+            # The common case: the tick ended before the next grid point; nothing skipped.
+            self._pending_skipped = 0
+            self._slot = Slot(slot.number + 1, next_due, slot.origin)
+            scheduler.schedule(next_due, self)
+            return
+        following: Slot | None
         if token == self._token:
             following = self._schedule.following(slot, started, finished)
         else:  # restarted while this callback was in flight: continue the new schedule
             following = self._slot
         if following is None:
+            self._pending_skipped = 0
             self._slot = None
             self._running = False
             self._wake_waiters()
             return
-        following, skipped = self._schedule.catch_up(following, finished)
+        caught_up, skipped = self._schedule.catch_up(following, finished)
         self._skipped += skipped
         self._pending_skipped = skipped
-        self._slot = following
-        assert self._scheduler is not None
-        self._scheduler.schedule(following.due, self)
+        self._slot = caught_up
+        scheduler.schedule(caught_up.due, self)
 
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:

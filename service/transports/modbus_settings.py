@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from service.intervals import to_seconds
+from service.intervals import setting_seconds
 
 __all__ = [
     "ModbusRtuOverTcpSettings",
@@ -24,11 +24,11 @@ __all__ = [
 
 
 def _positive(value: Any) -> float:
-    return to_seconds(value, what="duration")
+    return setting_seconds(value, what="duration")
 
 
 def _non_negative(value: Any) -> float:
-    return to_seconds(value, what="pause", allow_zero=True)
+    return setting_seconds(value, what="pause", allow_zero=True)
 
 
 Seconds = Annotated[float, BeforeValidator(_positive)]

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.intervals import to_seconds
+from service.intervals import setting_seconds
 
 __all__ = ["SerialSettings", "bus_name", "default_gap"]
 
@@ -73,17 +73,17 @@ class SerialSettings(BaseModel):
     @field_validator("timeout", "reconnect_delay", "reconnect_delay_max", mode="before")
     @classmethod
     def _positive_seconds(cls, value: object, info: ValidationInfo) -> float:
-        return to_seconds(value, what=str(info.field_name))
+        return setting_seconds(value, what=str(info.field_name))
 
     @field_validator("resync_quiet", "connect_pause", "request_gap", mode="before")
     @classmethod
     def _non_negative_seconds(cls, value: object, info: ValidationInfo) -> float:
-        return to_seconds(value, what=str(info.field_name), allow_zero=True)
+        return setting_seconds(value, what=str(info.field_name), allow_zero=True)
 
     @field_validator("gap", mode="before")
     @classmethod
     def _optional_gap(cls, value: object) -> float | None:
-        return None if value is None else to_seconds(value, what="gap", allow_zero=True)
+        return None if value is None else setting_seconds(value, what="gap", allow_zero=True)
 
     @field_validator("encoding")
     @classmethod

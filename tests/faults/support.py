@@ -71,7 +71,9 @@ def count_above(cumulative: list[tuple[float, float]], threshold: float) -> floa
     return cumulative[-1][1] - at
 
 
-def wait_until(probe: Callable[[], T | None], *, timeout: float, what: str, every: float = 0.01) -> T:
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float, what: str, every: float = 0.01
+) -> T:
     """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None

@@ -35,7 +35,7 @@ async def test_an_hour_of_a_thousand_timers_counts_every_tick_and_does_not_grow(
     counts = [0] * TIMERS
     timers: list[Timer] = []
 
-    def make_callback(index: int):  # noqa: ANN202 - a closure factory
+    def make_callback(index: int):
         def tick() -> None:
             counts[index] += 1
 

@@ -198,8 +198,7 @@ async def test_slow_failing_misaddressed_and_silent_devices_leave_the_healthy_on
                 what="failing down",
             )
             assert (
-                value(down, "gatebeat_reading_supply_temperature_celsius", device="failing")
-                is None
+                value(down, "gatebeat_reading_supply_temperature_celsius", device="failing") is None
             )
             first = scrape(metrics_port)
             assert first is not None

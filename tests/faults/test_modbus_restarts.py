@@ -38,12 +38,27 @@ name = "flaky"
 driver = "modbus"
 unit_id = 1
 down_after_failures = 1
-transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {flaky_port}, timeout = 0.2, retries = 0, reconnect_delay = 0.05, reconnect_delay_max = {backoff_max}, reconnect_jitter = 0.0 }}
+
+  [devices.transport]
+  kind = "modbus-tcp"
+  host = "127.0.0.1"
+  port = {flaky_port}
+  timeout = 0.2
+  retries = 0
+  reconnect_delay = 0.05
+  reconnect_delay_max = {backoff_max}
+  reconnect_jitter = 0.0
 
   [[devices.polls]]
   name = "temps"
   interval = {interval}
-  registers = [{{ field = "supply_temperature_celsius", table = "holding", address = 0, type = "int16", scale = 0.1 }}]
+
+    [[devices.polls.registers]]
+    field = "supply_temperature_celsius"
+    table = "holding"
+    address = 0
+    type = "int16"
+    scale = 0.1
 
 [[devices]]
 name = "steady"
@@ -85,7 +100,7 @@ async def test_device_restarted_20_times_service_follows_healthy_device_unaffect
     downs: list[float] = []
     steady_down_seen: list[Samples] = []
 
-    def device_is(port: int, device: str, up: float):  # noqa: ANN202 - a probe factory
+    def device_is(port: int, device: str, up: float):
         def probe() -> Samples | None:
             metrics = scrape(port)
             if metrics is None:
@@ -147,16 +162,18 @@ async def test_device_restarted_20_times_service_follows_healthy_device_unaffect
     assert max(downs) < DOWN_BOUND, downs
     assert steady_down_seen == [], "the healthy device went down while the other one flapped"
 
-    lateness = buckets(
-        final, "gatebeat_tick_lateness_seconds", device="steady", timer="watchdog"
-    )
+    lateness = buckets(final, "gatebeat_tick_lateness_seconds", device="steady", timer="watchdog")
     ticks = lateness[-1][1]
     late_ticks = count_above(lateness, 0.01)
     print(f"steady heartbeat: ticks={ticks:.0f} above 10 ms={late_ticks:.0f}")
     assert ticks >= 0.8 * elapsed / INTERVAL, "the healthy heartbeat kept ticking"
     assert late_ticks == 0, lateness
     errors = value(
-        final, "gatebeat_tick_errors_total", device="flaky", timer="temps", error="DeviceUnavailable"
+        final,
+        "gatebeat_tick_errors_total",
+        device="flaky",
+        timer="temps",
+        error="DeviceUnavailable",
     )
     assert errors is not None and errors >= RESTARTS
     text = log.read_text()

@@ -30,7 +30,14 @@ shutdown_timeout = 3.0
 name = "thermo"
 driver = "serial_line"
 down_after_failures = 1
-transport = {{ kind = "serial", port = "{port}", baudrate = 9600, timeout = 0.3, reconnect_delay = 0.05, reconnect_delay_max = 0.2 }}
+
+  [devices.transport]
+  kind = "serial"
+  port = "{port}"
+  baudrate = 9600
+  timeout = 0.3
+  reconnect_delay = 0.05
+  reconnect_delay_max = 0.2
 
   [[devices.polls]]
   name = "temperature"
@@ -48,7 +55,7 @@ def _reading(metrics: Samples) -> float | None:
     return value(metrics, "gatebeat_reading_temperature_celsius", device="thermo")
 
 
-def _reads(temperature: float):  # noqa: ANN202 - a condition factory
+def _reads(temperature: float):
     return lambda m: _up(m) == 1.0 and _reading(m) == pytest.approx(temperature)
 
 

@@ -32,12 +32,18 @@ shutdown_timeout = {shutdown}
 name = "boiler"
 driver = "modbus"
 unit_id = 1
-transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus_port}, timeout = 3.0, retries = 0 }}
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus_port}, timeout = 3.0 }}
 
   [[devices.polls]]
   name = "temps"
   interval = 0.1
-  registers = [{{ field = "supply_temperature_celsius", table = "holding", address = 0, type = "int16", scale = 0.1 }}]
+
+    [[devices.polls.registers]]
+    field = "supply_temperature_celsius"
+    table = "holding"
+    address = 0
+    type = "int16"
+    scale = 0.1
 """
 
 
