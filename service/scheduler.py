@@ -225,17 +225,13 @@ class Scheduler:
         self._dispatching = True
         try:
             while heap:
-                when, sequence, item, token = heap[0]
+                entry = heappop(heap)
+                when, sequence, item, token = entry
                 if token != item._token:
-                    heappop(heap)
-                    continue
-                if sequence > barrier:
+                    continue  # a stopped or restarted timer's old entry
+                if sequence > barrier or (when > now and when > (now := time_now())):
+                    heapq.heappush(heap, entry)  # not due yet (time read again: ticks take time)
                     break
-                if when > now:
-                    now = time_now()  # callbacks take time: look again before giving up
-                    if when > now:
-                        break
-                heappop(heap)
                 ran = True
                 item._fire(when)
         finally:

@@ -23,6 +23,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
+from heapq import heappush
 from typing import Any, Literal
 
 from service.intervals import to_seconds
@@ -275,7 +276,33 @@ class Timer:
                 self._complete(slot, token, started, now(), Outcome.ERROR, exc)
                 return
             if result is None or not inspect.isawaitable(result):
-                self._complete(slot, token, started, now(), Outcome.OK, None)
+                finished = now()
+                fixed = self._fixed
+                if fixed is None or self._observers or self._error_streak:
+                    self._complete(slot, token, started, finished, Outcome.OK, None)
+                    return
+                # The hot path of a big gateway: a synchronous FIXED callback that succeeded,
+                # no observers. Does what _complete does for exactly this case, inline (this
+                # runs inside the scheduler's dispatch, which arms the loop handle afterwards).
+                self._inflight_busy = False
+                self._current = None
+                origin = slot.origin
+                number = slot.number + 1
+                next_due = origin + fixed.phase + number * fixed.interval
+                lateness = started - slot.due
+                self._ticks += 1
+                self._last_lateness = lateness
+                self._last_duration = finished - started
+                if self._max_lateness is None or lateness > self._max_lateness:
+                    self._max_lateness = lateness
+                if finished > next_due or token != self._token or not self._running:
+                    self._overruns += finished > next_due
+                    self._pending_skipped = 0
+                    self._reschedule(slot, token, started, finished, fixed)
+                    return
+                self._pending_skipped = 0
+                self._slot = Slot(number, next_due, origin)
+                heappush(scheduler._heap, (next_due, next(scheduler._sequence), self, token))
                 return
             awaitable = result
         task = loop.create_task(
@@ -399,18 +426,30 @@ class Timer:
                 except Exception:
                     logger.exception("timer=%s observer %r failed", self._name, observer)
 
-        if not self._running:
+        if fixed is not None and token == self._token and next_due >= finished and self._running:
+            # The common case: the tick ended before the next grid point; nothing skipped.
+            assert self._scheduler is not None
             self._pending_skipped = 0
+            self._slot = Slot(slot.number + 1, next_due, slot.origin)
+            self._scheduler.schedule(next_due, self)
+            return
+        self._pending_skipped = 0
+        self._reschedule(slot, token, started, finished, fixed)
+
+    def _reschedule(
+        self,
+        slot: Slot,
+        token: int,
+        started: float,
+        finished: float,
+        fixed: FixedSchedule | None,
+    ) -> None:
+        """Arm the slot after ``slot`` (catching up past skipped due times), or wind down."""
+        if not self._running:
             self._wake_waiters()
             return
         scheduler = self._scheduler
         assert scheduler is not None
-        if fixed is not None and token == self._token and next_due >= finished:
-            # The common case: the tick ended before the next grid point; nothing skipped.
-            self._pending_skipped = 0
-            self._slot = Slot(slot.number + 1, next_due, slot.origin)
-            scheduler.schedule(next_due, self)
-            return
         following: Slot | None
         if token == self._token:
             following = self._schedule.following(slot, started, finished)
