@@ -4,8 +4,8 @@ The engine does not import prometheus-client; this module turns what it hands ou
 metrics (DESIGN.md section 5, names in ``docs/metrics.md``):
 
 * :meth:`MetricsHub.observer` returns a :data:`~service.records.TickObserver` for one
-  (device, timer); its labelled children are resolved once, so a tick costs a few lock-protected
-  increments and two histogram observations.
+  (device, timer) that keeps plain counters (see :mod:`service.tick_metrics`), so a tick costs
+  a ``bisect`` and a few additions; the tick families are built at scrape time.
 * :meth:`MetricsHub.observe_bus` is a :data:`~service.bus.BusWaitObserver`;
   :meth:`MetricsHub.observe_loop_lag` feeds the watchdog's measurement.
 * :class:`DeviceCollector` builds ``gatebeat_device_up``, the last-success timestamp, error
@@ -25,13 +25,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from service.health import DeviceHealth
-from service.records import Outcome, TickRecord
+from service.tick_metrics import TickCollector, TickMetrics
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -58,64 +58,6 @@ LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     10.0,
 )
 """Histogram buckets in seconds: a healthy heartbeat is ~1 ms late, a sick one seconds."""
-
-_ERROR_OUTCOMES: Final = frozenset({Outcome.ERROR, Outcome.TIMEOUT})
-
-
-class TickMetrics:
-    """The tick observer of one (device, timer): call it with every :class:`TickRecord`.
-
-    Created by :meth:`MetricsHub.observer`; pass it to ``Timer(observers=...)`` or
-    ``timer.add_observer``. It runs on the loop and never blocks.
-    """
-
-    __slots__ = (
-        "_device",
-        "_duration",
-        "_error_children",
-        "_errors",
-        "_lateness",
-        "_overruns",
-        "_skipped",
-        "_ticks",
-        "_timer",
-    )
-
-    def __init__(self, hub: MetricsHub, device: str, timer: str) -> None:
-        self._device = device
-        self._timer = timer
-        self._lateness = hub.tick_lateness.labels(device, timer)
-        self._duration = hub.tick_duration.labels(device, timer)
-        self._ticks = hub.ticks.labels(device, timer)
-        self._overruns = hub.tick_overruns.labels(device, timer)
-        self._skipped = hub.ticks_skipped.labels(device, timer)
-        self._errors = hub.tick_errors
-        self._error_children: dict[str, Counter] = {}
-
-    @property
-    def error_kinds(self) -> tuple[str, ...]:
-        """Exception class names seen so far (the ``error`` label values)."""
-        return tuple(self._error_children)
-
-    def __call__(self, record: TickRecord) -> None:
-        """Count one tick: lateness, duration, ticks, overruns, skipped due times, errors."""
-        self._ticks.inc()
-        self._lateness.observe(record.lateness)
-        self._duration.observe(record.duration)
-        if record.overrun:
-            self._overruns.inc()
-        if record.skipped_before:
-            self._skipped.inc(record.skipped_before)
-        if record.outcome in _ERROR_OUTCOMES:
-            kind = type(record.error).__name__ if record.error is not None else record.outcome.value
-            child = self._error_children.get(kind)
-            if child is None:
-                child = self._errors.labels(self._device, self._timer, kind)
-                self._error_children[kind] = child
-            child.inc()
-
-    def __repr__(self) -> str:
-        return f"<TickMetrics device={self._device!r} timer={self._timer!r}>"
 
 
 class DeviceCollector(Collector):
@@ -218,50 +160,6 @@ class MetricsHub:
         self._observers: dict[tuple[str, str], TickMetrics] = {}
         self._bus_children: dict[str, Histogram] = {}
 
-        self.tick_lateness = Histogram(
-            "gatebeat_tick_lateness_seconds",
-            "Seconds between a tick's due time and the start of its callback.",
-            ("device", "timer"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tick_duration = Histogram(
-            "gatebeat_tick_duration_seconds",
-            "Seconds a tick's callback ran.",
-            ("device", "timer"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ticks = Counter(
-            "gatebeat_ticks",
-            "Ticks that finished, any outcome.",
-            ("device", "timer"),
-            registry=registry,
-        )
-        self.tick_overruns = Counter(
-            "gatebeat_tick_overruns",
-            "Ticks that finished after the next due time (DELAY: ran longer than the interval).",
-            ("device", "timer"),
-            registry=registry,
-        )
-        self.ticks_skipped = Counter(
-            "gatebeat_ticks_skipped",
-            "Due times skipped, never run, because the previous tick or the loop was late.",
-            ("device", "timer"),
-            registry=registry,
-        )
-        self.tick_errors = Counter(
-            "gatebeat_tick_errors",
-            "Ticks whose callback raised, by exception class name (timeouts: TimeoutError).",
-            ("device", "timer", "error"),
-            registry=registry,
-        )
-        self.timer_interval = Gauge(
-            "gatebeat_timer_interval_seconds",
-            "Configured interval of the timer in seconds.",
-            ("device", "timer"),
-            registry=registry,
-        )
         self.bus_wait = Histogram(
             "gatebeat_bus_wait_seconds",
             "Seconds a device waited for its turn on a shared bus (including the frame gap).",
@@ -283,6 +181,7 @@ class MetricsHub:
         )
         self.build_info.labels(version or _version()).set(1)
         registry.register(DeviceCollector(self._device_snapshot))
+        registry.register(TickCollector(self._observer_snapshot))
 
     # -- ticks -----------------------------------------------------------------------------
 
@@ -295,29 +194,21 @@ class MetricsHub:
             key = (device, timer)
             observer = self._observers.get(key)
             if observer is None:
-                observer = TickMetrics(self, device, timer)
+                observer = TickMetrics(device, timer, LATENCY_BUCKETS)
                 self._observers[key] = observer
         if interval is not None:
-            self.timer_interval.labels(device, timer).set(interval)
+            observer.interval = interval
         return observer
 
     def remove_timer(self, device: str, timer: str) -> None:
         """Remove every series of ``device``/``timer`` (an observer still attached to a running
-        timer keeps counting into detached children, which are no longer exported)."""
+        timer keeps counting, but is no longer exported)."""
         with self._lock:
-            observer = self._observers.pop((device, timer), None)
-        for family in (
-            self.tick_lateness,
-            self.tick_duration,
-            self.ticks,
-            self.tick_overruns,
-            self.ticks_skipped,
-            self.timer_interval,
-        ):
-            family.remove(device, timer)
-        if observer is not None:
-            for kind in observer.error_kinds:
-                self.tick_errors.remove(device, timer, kind)
+            self._observers.pop((device, timer), None)
+
+    def _observer_snapshot(self) -> tuple[TickMetrics, ...]:
+        with self._lock:
+            return tuple(self._observers.values())
 
     # -- devices ---------------------------------------------------------------------------
 

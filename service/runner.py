@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from service.watchdog import Watchdog
 __all__ = ["STALL_EXIT_CODE", "run", "serve"]
 
 logger = logging.getLogger("gatebeat.runner")
+
+GIL_SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits (CPython's default is 0.005)."""
 
 STALL_EXIT_CODE = 70
 """Exit code when ``runtime.exit_after_unhealthy`` gives up on a stalled service."""
@@ -67,6 +71,10 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, signum, stop)
 
+    # The exporter serves scrapes from its own thread. With CPython's default 5 ms GIL switch
+    # interval, a heartbeat that wakes while a scrape holds the GIL waits up to 5 ms for it;
+    # 0.5 ms keeps scrapes from showing up in heartbeat lateness.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # _created series: noise
     hub = MetricsHub(version=__version__)
     journal = (
