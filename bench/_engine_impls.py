@@ -147,28 +147,13 @@ class Gatebeat(Impl):
 
         self.scheduler = Scheduler.for_loop(loop)
         if self.prometheus:
-            from prometheus_client import CollectorRegistry, Counter, Histogram
+            from service.metrics import MetricsHub
 
-            registry = CollectorRegistry()
-            self.h_late = Histogram(
-                "bench_tick_lateness_seconds", "lateness", ["timer"], registry=registry
-            )
-            self.h_dur = Histogram(
-                "bench_tick_duration_seconds", "duration", ["timer"], registry=registry
-            )
-            self.c_ticks = Counter("bench_ticks", "ticks", ["timer"], registry=registry)
+            self.hub = MetricsHub()  # gatebeat's own exporter observer, as `gatebeat run` uses
 
     def _observer(self, name: str) -> Callable[[Any], None]:
-        late = self.h_late.labels(name)  # children resolved once, as an exporter does
-        dur = self.h_dur.labels(name)
-        ticks = self.c_ticks.labels(name)
-
-        def observe(record: Any) -> None:
-            ticks.inc()
-            late.observe(record.lateness)
-            dur.observe(record.duration)
-
-        return observe
+        observer: Callable[[Any], None] = self.hub.observer("bench", name, 1.0)
+        return observer
 
     def start(self, firsts: list[float], interval: float, rec: list[Recorder]) -> list[float]:
         from service import SchedulePolicy, Timer
