@@ -124,6 +124,7 @@ class Scheduler:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, wakeup: WakeupMode = "auto") -> None:
         self._loop = loop
+        self._time = loop.time
         self._heap: list[tuple[float, int, _Schedulable, int]] = []
         self._sequence = itertools.count()
         self._handle: asyncio.TimerHandle | None = None

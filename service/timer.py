@@ -45,6 +45,7 @@ TimerCallback = Callable[[], Any]
 """A plain function or a coroutine function taking no arguments."""
 
 _anonymous = 0
+_new_slot = tuple.__new__  # builds a Slot without NamedTuple's Python-level __new__ (hot path)
 
 
 class Timer:
@@ -259,7 +260,7 @@ class Timer:
         if slot is None or scheduler is None or not self._running or self._inflight_busy:
             return
         loop = scheduler._loop
-        now = loop.time
+        now = scheduler._time
         token = self._token
         started = now()
         self._inflight_busy = True
@@ -301,7 +302,7 @@ class Timer:
                     self._reschedule(slot, token, started, finished, fixed)
                     return
                 self._pending_skipped = 0
-                self._slot = Slot(number, next_due, origin)
+                self._slot = _new_slot(Slot, (number, next_due, origin))
                 heappush(scheduler._heap, (next_due, next(scheduler._sequence), self, token))
                 return
             awaitable = result
