@@ -217,6 +217,9 @@ def _demo(listen: str, *, err: TextIO) -> int:
         parse_listen(listen)
     except ValueError as exc:
         return _problems([f"--listen: {exc}"], out=err, err=err, what="bad argument")
+    from service.logs import setup_logging
+
+    setup_logging(format="text", level="info", stream=err)
     try:
         demo = importlib.import_module("service.demo")
         code = demo.main(listen=listen)
