@@ -246,6 +246,13 @@ def _timers(
             )
             if common is None or (model is not None and options is None):
                 continue
+            if kind == "poll" and common.phase != 0:
+                label = format_location((*entry_loc, index), entry_root)
+                problems.append(
+                    f"{label}.phase: {common.phase!r}: a phase applies to heartbeats (FIXED "
+                    "schedules) only; a poll's next tick follows the end of the previous one"
+                )
+                continue
             spec = TimerSpec(common.name, kind, common.interval, options)
             timers.append(ResolvedTimer(spec, common.phase, common.immediate, common.timeout))
     listed = any(isinstance(raw.get(key), list) and raw.get(key) for key in _TIMER_KINDS)
