@@ -66,6 +66,8 @@ ENV PATH=/opt/gatebeat/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     GATEBEAT_CONFIG=/etc/gatebeat/gatebeat.toml \
     GATEBEAT_METRICS__LISTEN=0.0.0.0:9810 \
+    GATEBEAT_RUNTIME__JOURNAL=/var/lib/gatebeat/events.db \
+    GATEBEAT_RUNTIME__EXIT_AFTER_UNHEALTHY=30 \
     GATEBEAT_HEALTHCHECK_URL=http://127.0.0.1:9810/healthz
 
 VOLUME ["/var/lib/gatebeat"]

@@ -269,8 +269,22 @@ run_and_check() {
   log "docker stop OK ($elapsed s, exit 0)"
 }
 
+check_config_and_journal() {
+  # `docker run IMAGE check-config` validates a mounted config; the state volume is writable
+  # by the service user (the event journal lives there).
+  local out
+  out=$(docker run --rm -v "$PWD/deploy/gatebeat.toml:/etc/gatebeat/gatebeat.toml:ro" \
+    "$IMAGE" check-config) || die "check-config of deploy/gatebeat.toml failed: $out"
+  log "check-config OK ($out)"
+  docker run --rm --entrypoint python "$IMAGE" -c \
+    "from service.journal import EventJournal; j = EventJournal('/var/lib/gatebeat/events.db'); j.record('smoke', 'ok'); j.close()" \
+    || die "the service user cannot write the journal under /var/lib/gatebeat"
+  log "journal OK (/var/lib/gatebeat writable by the service user)"
+}
+
 ensure_docker
 resolve_base
 prepare_context
 build_image
 run_and_check
+check_config_and_journal
