@@ -138,6 +138,13 @@ class DeviceRuntime:
         self.health.record_success(readings or None, now=loop.time())
         self._note_transition()
 
+    def check_stale(self, now: float) -> bool:
+        """The watchdog's per-beat check: mark the device down if nothing succeeded within its
+        ``stale_after`` (loop time ``now``), and journal the transition; returns ``up``."""
+        up = self.health.check_stale(now)
+        self._note_transition()
+        return up
+
     def _bind(self, task: Callable[[Device], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         async def run() -> Any:
             return await task(self.device)
@@ -148,7 +155,8 @@ class DeviceRuntime:
         snapshot = self.health.snapshot()
         if snapshot.up == self._was_up:
             return
-        undecided = snapshot.consecutive_failures < self.health.down_after_failures
+        stale = (snapshot.down_reason or "").startswith("no success for")
+        undecided = snapshot.consecutive_failures < self.health.down_after_failures and not stale
         if not snapshot.up and self._was_up is None and undecided:
             return  # never up yet, and not enough failures to call it down
         self._was_up = snapshot.up

@@ -97,7 +97,7 @@ async def serve(
     watchdog = Watchdog(
         max_lag=runtime.max_loop_lag,
         on_lag=hub.observe_loop_lag,
-        devices=lambda: [r.health for r in runtimes],
+        devices=lambda: runtimes,
     )
     for device in devices:
         runtimes.append(

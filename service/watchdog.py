@@ -20,10 +20,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from service.health import DeviceHealth
 from service.records import SchedulePolicy, TickRecord
 from service.timer import Timer
+
+
+class StaleCheck(Protocol):
+    """Anything with ``check_stale(now)``: a DeviceHealth, or a device runtime."""
+
+    def check_stale(self, now: float) -> bool: ...
+
 
 __all__ = ["HealthReport", "Watchdog"]
 
@@ -58,7 +65,7 @@ class Watchdog:
         interval: float = 0.25,
         max_lag: float = 1.0,
         on_lag: Callable[[float], None] | None = None,
-        devices: Callable[[], Iterable[DeviceHealth]] | None = None,
+        devices: Callable[[], Iterable[StaleCheck]] | None = None,
     ) -> None:
         for what, value in (("interval", interval), ("max_lag", max_lag)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
