@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, Field
 
-from service.driver import Tick
+from service.driver import Device, Tick, TimerSpec
 
 TRANSPORTS = ["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
 DEFAULT_HEARTBEATS = [{"name": "watchdog", "interval": 1.0}]
@@ -19,6 +21,11 @@ class Config(BaseModel):
     wrap: int = Field(
         default=65535, ge=2, le=65535, description="The counter runs 1..wrap, then starts over."
     )
+
+
+def writable(device: Device, timers: Sequence[TimerSpec]) -> list[tuple[str, int]]:
+    """The one register this driver writes: the watchdog counter."""
+    return [("holding", (device.config or Config()).address)]
 
 
 async def heartbeat(tick: Tick) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, Field
 
-from service.driver import Readings, Tick
+from service.driver import Device, Readings, Tick, TimerSpec
 from service.values import RegisterSpec
 
 TRANSPORTS = ["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
@@ -31,6 +33,11 @@ async def poll(tick: Tick) -> Readings:
     """Read voltage, current, power and energy in one request."""
     readings: Readings = await tick.session.read(REGISTERS)
     return readings
+
+
+def writable(device: Device, timers: Sequence[TimerSpec]) -> list[tuple[str, int]]:
+    """The one register this driver writes: the watchdog counter."""
+    return [("holding", (device.config or Config()).watchdog_address)]
 
 
 async def heartbeat(tick: Tick) -> None:

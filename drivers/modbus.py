@@ -16,11 +16,12 @@ write = { table = "holding", address = 100, value = "counter" }   # or "toggle",
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.driver import Readings, Tick
+from service.driver import Device, Readings, Tick, TimerSpec
 from service.values import RegisterSpec
 
 TRANSPORTS = ["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
@@ -81,6 +82,15 @@ class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     write: HeartbeatWrite = Field(description="The watchdog write of every tick.")
+
+
+def writable(device: Device, timers: Sequence[TimerSpec]) -> list[tuple[str, int]]:
+    """The heartbeat writes of the config: the only addresses this device may be written at."""
+    return [
+        (t.options.write.table, t.options.write.address)
+        for t in timers
+        if t.kind == "heartbeat" and isinstance(t.options, Heartbeat)
+    ]
 
 
 async def poll(tick: Tick) -> Readings:

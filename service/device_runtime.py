@@ -74,6 +74,13 @@ class DeviceRuntime:
             session=self.session,
             settings=settings,
         )
+        declare = getattr(driver.module, "writable", None)
+        if declare is not None and hasattr(self.session, "allow_write"):
+            specs = [t.spec for t in resolved.timers]
+            for table, address in declare(self.device, specs):
+                self.session.allow_write(table, address)
+        if hasattr(self.session, "seal_writes"):
+            self.session.seal_writes()
         self.health = DeviceHealth(
             self.name,
             driver.name,

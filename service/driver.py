@@ -15,6 +15,9 @@ A driver is one module; its file name is the driver name. It may define:
     called on every FIXED heartbeat tick (typically a watchdog write).
 ``async def startup(device: Device)`` / ``async def shutdown(device: Device)``
     optional hooks, run once after the transport is set up and before it is closed.
+``def writable(device: Device, timers: Sequence[TimerSpec]) -> Iterable[tuple[str, int]]``
+    the ``(table, address)`` pairs the driver may write, computed once from its config before
+    the device starts; afterwards the session refuses writes anywhere else.
 ``TRIGGERS``
     optional list of ``(trigger, async callback(device))`` pairs for extra tasks.
 ``TRANSPORTS``

@@ -104,6 +104,7 @@ class ModbusSession:
         self.bus = bus
         self.read_only = read_only
         self._writable: set[tuple[str, int]] = set()
+        self._sealed = False
         for table, address in writable:
             self.allow_write(table, address)
         self._link: ModbusLink = link_for(bus, settings, device=device)
@@ -127,6 +128,7 @@ class ModbusSession:
         Raises:
             ValueError: the table cannot be written (input registers, discrete inputs) or the
                 address is out of range.
+            WriteRefused: the session is sealed and the addresses were not declared before.
         """
         if table not in WRITABLE_TABLES:
             raise ValueError(
@@ -135,7 +137,19 @@ class ModbusSession:
             )
         if not (address >= 0 and address + count - 1 <= 65535 and count >= 1):
             raise ValueError(f"device {self.device!r}: address {address} (count {count}) invalid")
+        if self._sealed and not self.is_writable(table, address, count):
+            raise WriteRefused(
+                f"device {self.device!r}: {table} {address} (count {count}) was not declared "
+                f"writable before start (the driver's writable() or the config declares writes)",
+                device=self.device,
+            )
         self._writable.update((table, a) for a in range(address, address + count))
+
+    def seal_writes(self) -> None:
+        """Freeze the set of writable addresses: from now on :meth:`allow_write` only accepts
+        addresses already declared (the framework seals a session once the driver's
+        ``writable()`` declarations are in, so no code path can open new ones at run time)."""
+        self._sealed = True
 
     def is_writable(self, table: str, address: int, count: int = 1) -> bool:
         """True when every address of the block was declared writable (ignores read-only)."""

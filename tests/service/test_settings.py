@@ -231,7 +231,9 @@ transport = { kind = "serial", port = "/dev/ttyUSB2" }
 def test_budget_warning_or_error(tmp_path: Path) -> None:
     text = DESIGN_EXAMPLE.replace('"10s"', "0.5")
     settings = load_settings(_config(tmp_path, text), {})
-    assert any("devices[boiler].heartbeats[watchdog]: interval 0.5 s" in w for w in settings.warnings)
+    assert any(
+        "devices[boiler].heartbeats[watchdog]: interval 0.5 s" in w for w in settings.warnings
+    )
     problems = _problems(_config(tmp_path, text), {"GATEBEAT_RUNTIME__STRICT_BUDGETS": "true"})
     assert any("devices[boiler].heartbeats[watchdog]: interval 0.5 s" in p for p in problems)
 
