@@ -260,8 +260,7 @@ async def test_healthz_can_stay_open_for_container_health_checks() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI")
+    assert shutil.which("openssl"), "the openssl CLI is needed (.ci/setup installs it)"
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -366,11 +365,11 @@ def test_listen_addresses_and_settings_are_validated() -> None:
         _ = Exporter().address
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian 'prometheus')")
 @pytest.mark.asyncio
 async def test_promtool_accepts_what_the_exporter_serves(
     served: tuple[Exporter, MetricsHub, Switch],
 ) -> None:
+    assert shutil.which("promtool"), "promtool is needed (.ci/setup installs Debian 'prometheus')"
     exporter, hub, _ = served
     health = DeviceHealth("boiler", "modbus")
     health.record_success({"supply_temperature_celsius": 41.5, "pump_running": True}, now=0.0)
