@@ -162,8 +162,9 @@ class DeviceRuntime:
         snapshot = self.health.snapshot()
         if snapshot.up == self._was_up:
             return
-        stale = (snapshot.down_reason or "").startswith("no success for")
-        undecided = snapshot.consecutive_failures < self.health.down_after_failures and not stale
+        undecided = (
+            snapshot.consecutive_failures < self.health.down_after_failures and not snapshot.stale
+        )
         if not snapshot.up and self._was_up is None and undecided:
             return  # never up yet, and not enough failures to call it down
         self._was_up = snapshot.up
@@ -202,16 +203,7 @@ class DeviceRuntime:
         start the timers and triggers. A device that is offline keeps being retried."""
         startup = self.resolved.driver.callback("startup")
         if startup is not None:
-            try:
-                async with asyncio.timeout(self._hook_timeout):
-                    await startup(self.device)
-            except Exception as exc:
-                logger.warning(
-                    "device=%s startup hook failed error=%s: %s (timers start anyway)",
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                )
+            await self._bounded("startup hook (timers start anyway)", startup(self.device))
         self._hub.add_device(self.health)
         for timer in self.timers:
             timer.start()
@@ -242,18 +234,15 @@ class DeviceRuntime:
             logger.warning("device=%s trigger hook failed: %s", self.name, failure)
         shutdown = self.resolved.driver.callback("shutdown")
         if shutdown is not None:
-            try:
-                async with asyncio.timeout(self._hook_timeout):
-                    await shutdown(self.device)
-            except Exception as exc:
-                logger.warning(
-                    "device=%s shutdown hook failed error=%s: %s",
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                )
+            await self._bounded("shutdown hook", shutdown(self.device))
+        await self._bounded("closing the transport", self.session.close())
+
+    async def _bounded(self, what: str, step: Awaitable[Any]) -> None:
+        """Await ``step`` for at most ``hook_timeout`` seconds; log a failure, never raise it."""
         try:
             async with asyncio.timeout(self._hook_timeout):
-                await self.session.close()
+                await step
         except Exception as exc:
-            logger.warning("device=%s closing transport failed: %s", self.name, exc)
+            logger.warning(
+                "device=%s %s failed error=%s: %s", self.name, what, type(exc).__name__, exc
+            )

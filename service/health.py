@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from service.driver import Readings, Value
@@ -72,6 +72,7 @@ class HealthSnapshot:
         consecutive_failures: failures since the last success.
         error_counts: failures by exception class name since the device was created.
         down_reason: why the device is down, ``None`` while up.
+        stale: down because nothing succeeded within ``stale_after`` (as opposed to failures).
     """
 
     device: str
@@ -82,6 +83,7 @@ class HealthSnapshot:
     consecutive_failures: int
     error_counts: Mapping[str, int]
     down_reason: str | None = field(default=None)
+    stale: bool = False
 
 
 class DeviceHealth:
@@ -278,16 +280,13 @@ class DeviceHealth:
         if age < self.stale_after:
             return previous.up
         self._log_stale(age)
-        if previous.up or previous.readings:
-            self._snapshot = HealthSnapshot(
-                device=self.device,
-                driver=self.driver,
+        if not previous.stale:
+            self._snapshot = replace(
+                previous,
                 up=False,
                 readings=_EMPTY,
-                last_success_timestamp=previous.last_success_timestamp,
-                consecutive_failures=previous.consecutive_failures,
-                error_counts=previous.error_counts,
                 down_reason=f"no success for {age:.3f} s (stale_after {self.stale_after} s)",
+                stale=True,
             )
         return False
 

@@ -1,4 +1,5 @@
-"""At run time a driver cannot open writes to addresses it did not declare in ``writable()``."""
+"""At run time a driver cannot open writes to addresses it did not declare in ``writable()``;
+and a failing start-up hook is logged without stopping the device's timers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ TRANSPORTS = ["modbus-tcp"]
 
 def writable(device, timers):
     return [("holding", 100)]
+
+
+async def startup(device):
+    raise RuntimeError("start-up hook broken")
 
 
 async def heartbeat(tick):
@@ -74,3 +79,6 @@ async def test_undeclared_writes_are_refused_after_start(tmp_path: Path) -> None
             assert code == 0
     finally:
         await simulator.close()
+    log = (tmp_path / "log").read_text()
+    assert "device=plc startup hook (timers start anyway) failed error=RuntimeError" in log
+    assert "Traceback" not in log

@@ -285,3 +285,16 @@ def test_watchdog_needs_stale_after_for_timers_without_interval() -> None:
     beat = Timer(1.0, lambda: None, name="boiler/watchdog")
     with pytest.raises(ValueError, match=r"'boiler/watchdog' stale_after .* got -1"):
         watchdog.watch(beat, stale_after=-1)
+
+
+def test_a_device_that_never_answers_goes_stale_and_says_so() -> None:
+    health = DeviceHealth("mute", "modbus", stale_after=2.0)
+    assert health.check_stale(10.0) is False  # starts the clock; down, not yet judged stale
+    assert health.snapshot().stale is False
+    assert health.snapshot().down_reason == "no successful tick yet"
+    assert health.check_stale(12.5) is False
+    stale = health.snapshot()
+    assert stale.stale is True
+    assert stale.down_reason is not None and stale.down_reason.startswith("no success for 2.500")
+    health.record_success({"t": 1.0}, now=13.0)
+    assert health.snapshot().stale is False and health.up
