@@ -3,7 +3,8 @@
 A :class:`Timer` owns a pure :class:`~service.schedule.Schedule` and at most one entry in its
 loop's :class:`~service.scheduler.Scheduler`. The guarantees of DESIGN.md section 2 live here:
 
-* a tick never starts before its due time, and time comes only from ``loop.time()``;
+* a tick never starts before its due time, and time comes only from the running loop
+  (the scheduler's :func:`~service.scheduler.engine_clock`);
 * no overlap: while a callback is in flight nothing is armed; the next slot is computed when it
   finishes, and due times that passed meanwhile are skipped and counted (FIXED) or the next
   tick waits a full interval after completion (DELAY);
@@ -20,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from heapq import heappush
 from typing import Any, Literal
 
 from service.intervals import to_seconds
@@ -46,6 +47,7 @@ TimerCallback = Callable[[], Any]
 
 _anonymous = 0
 _new_slot = tuple.__new__  # builds a Slot without NamedTuple's Python-level __new__ (hot path)
+_new_record = tuple.__new__  # the same for TickRecord
 
 
 class Timer:
@@ -129,7 +131,7 @@ class Timer:
         self._timeouts = 0
         self._error_streak = 0
         self._last_lateness: float | None = None
-        self._max_lateness: float | None = None
+        self._max_lateness = -math.inf
         self._last_duration: float | None = None
 
     # -- public surface -------------------------------------------------------------------
@@ -167,7 +169,9 @@ class Timer:
 
         Lets a callback learn which tick it is serving without taking arguments.
         """
-        return self._current
+        if self._current is not None:
+            return self._current
+        return self._slot if self._inflight_busy else None
 
     def add_observer(self, observer: TickObserver) -> None:
         """Call ``observer`` with every tick record from now on."""
@@ -193,7 +197,7 @@ class Timer:
         self._running = True
         self._token += 1
         self._pending_skipped = 0
-        slot = self._schedule.first(loop.time())
+        slot = self._schedule.first(self._scheduler.clock())
         self._slot = slot
         if slot is None:  # a schedule that never fires (a one-shot whose time has passed)
             self._running = False
@@ -212,6 +216,8 @@ class Timer:
                 until the thread returns.
         """
         if self._running:
+            if self._inflight_busy and self._current is None:
+                self._current = self._slot  # current_tick stays right inside the callback
             self._running = False
             self._token += 1
             self._slot = None
@@ -240,7 +246,7 @@ class Timer:
             errors=self._errors,
             timeouts=self._timeouts,
             last_lateness=self._last_lateness,
-            max_lateness=self._max_lateness,
+            max_lateness=None if self._max_lateness == -math.inf else self._max_lateness,
             last_duration=self._last_duration,
             running=self._running,
             in_flight=self._inflight_busy,
@@ -253,59 +259,87 @@ class Timer:
 
     # -- engine internals -------------------------------------------------------------------
 
-    def _fire(self, due: float) -> None:
-        """Called by the scheduler once loop time has reached ``due``."""
-        slot = self._slot
+    def _fire(self, due: float, started: float) -> float:
+        """Run the tick due at ``due``; the scheduler's clock read ``started`` just now.
+
+        Returns the clock reading after the tick, so a scheduler running many ticks in a row
+        reads the clock once per tick. A synchronous FIXED callback that succeeds (the hot path
+        of a big gateway) is completed inline; everything else goes through :meth:`_complete`.
+        """
+        if self._inflight_busy or not self._running:
+            return started
         scheduler = self._scheduler
-        if slot is None or scheduler is None or not self._running or self._inflight_busy:
-            return
-        loop = scheduler._loop
-        now = scheduler._time
+        slot = self._slot
+        assert scheduler is not None and slot is not None
         token = self._token
-        started = now()
         self._inflight_busy = True
-        self._current = slot
         if self._run_in_thread:
-            awaitable: Awaitable[Any] = loop.run_in_executor(None, self._callback)
-        else:
-            try:
-                result = self._callback()
-            except asyncio.CancelledError:
-                self._complete(slot, token, started, now(), Outcome.CANCELLED, None)
-                raise
-            except Exception as exc:
-                self._complete(slot, token, started, now(), Outcome.ERROR, exc)
-                return
-            if result is None or not inspect.isawaitable(result):
-                finished = now()
-                fixed = self._fixed
-                if fixed is None or self._observers or self._error_streak:
-                    self._complete(slot, token, started, finished, Outcome.OK, None)
-                    return
-                # The hot path of a big gateway: a synchronous FIXED callback that succeeded,
-                # no observers. Does what _complete does for exactly this case, inline (this
-                # runs inside the scheduler's dispatch, which arms the loop handle afterwards).
-                self._inflight_busy = False
-                self._current = None
-                origin = slot.origin
-                number = slot.number + 1
-                next_due = origin + fixed.phase + number * fixed.interval
-                lateness = started - slot.due
-                self._ticks += 1
-                self._last_lateness = lateness
-                self._last_duration = finished - started
-                if self._max_lateness is None or lateness > self._max_lateness:
-                    self._max_lateness = lateness
-                if finished > next_due or token != self._token or not self._running:
-                    self._overruns += finished > next_due
-                    self._pending_skipped = 0
-                    self._reschedule(slot, token, started, finished, fixed)
-                    return
-                self._pending_skipped = 0
-                self._slot = _new_slot(Slot, (number, next_due, origin))
-                heappush(scheduler._heap, (next_due, next(scheduler._sequence), self, token))
-                return
-            awaitable = result
+            future = scheduler.loop.run_in_executor(None, self._callback)
+            self._start_task(slot, token, started, future)
+            return started
+        try:
+            result = self._callback()
+        except asyncio.CancelledError:
+            self._complete(slot, token, started, scheduler.clock(), Outcome.CANCELLED, None)
+            raise
+        except Exception as exc:
+            finished = scheduler.clock()
+            self._complete(slot, token, started, finished, Outcome.ERROR, exc)
+            return finished
+        finished = scheduler.clock()
+        if result is not None and inspect.isawaitable(result):
+            self._start_task(slot, token, started, result)
+            return finished
+        fixed = self._fixed
+        if fixed is None or self._error_streak or token != self._token:
+            self._complete(slot, token, started, finished, Outcome.OK, None)
+            return finished
+        # What _complete does for exactly this case, inline: the same arithmetic as
+        # FixedSchedule.due(origin, number + 1), so the same float.
+        self._inflight_busy = False
+        number = slot[0] + 1
+        origin = slot[2]
+        next_due = origin + fixed.phase + number * fixed.interval
+        lateness = started - due
+        self._ticks += 1
+        self._last_lateness = lateness
+        self._last_duration = finished - started
+        if lateness > self._max_lateness:
+            self._max_lateness = lateness
+        if self._observers:
+            self._notify(
+                _new_record(
+                    TickRecord,
+                    (
+                        self._name,
+                        slot[0],
+                        due,
+                        started,
+                        finished,
+                        self._pending_skipped,
+                        Outcome.OK,
+                        None,
+                        finished > next_due,
+                    ),
+                )
+            )
+        self._pending_skipped = 0
+        if finished > next_due or token != self._token:
+            self._overruns += finished > next_due
+            self._reschedule(slot, token, started, finished, fixed)
+            return finished
+        self._slot = _new_slot(Slot, (number, next_due, origin))
+        scheduler.schedule(next_due, self)
+        return finished
+
+    def _start_task(
+        self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
+    ) -> None:
+        """Run the rest of a tick (an awaitable, or a thread's future) as a task."""
+        assert self._scheduler is not None
+        loop = self._scheduler.loop
+        clock = self._scheduler.clock
+        self._current = slot
         task = loop.create_task(
             self._run_async(slot, token, started, awaitable), name=f"gatebeat:{self._name}"
         )
@@ -319,14 +353,22 @@ class Timer:
                     awaitable.close()
                 elif isinstance(awaitable, asyncio.Future):
                     awaitable.cancel()
-                self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+                self._complete(slot, token, started, clock(), Outcome.CANCELLED, None)
 
         task.add_done_callback(cancelled_before_start)
+
+    def _notify(self, record: TickRecord) -> None:
+        for observer in tuple(self._observers):
+            try:
+                observer(record)
+            except Exception:
+                logger.exception("timer=%s observer %r failed", self._name, observer)
 
     async def _run_async(
         self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
     ) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._scheduler is not None
+        clock = self._scheduler.clock
         outcome: Outcome = Outcome.OK
         error: BaseException | None = None
         deadline = None
@@ -339,18 +381,18 @@ class Timer:
                 # Shielded: a thread cannot be cancelled, so a cancelled tick must still know
                 # when its thread returns (see below).
                 await asyncio.shield(awaitable)
-                if self._timeout is not None and loop.time() - started > self._timeout:
+                if self._timeout is not None and clock() - started > self._timeout:
                     outcome = Outcome.TIMEOUT
                     error = TimeoutError(
                         f"timer {self._name!r}: thread callback ran "
-                        f"{loop.time() - started:.3f} s, timeout {self._timeout} s"
+                        f"{clock() - started:.3f} s, timeout {self._timeout} s"
                     )
             else:
                 await awaitable
         except asyncio.CancelledError:
             if self._run_in_thread:
                 await _wait_for_thread(awaitable)
-            self._complete(slot, token, started, loop.time(), Outcome.CANCELLED, None)
+            self._complete(slot, token, started, clock(), Outcome.CANCELLED, None)
             raise
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
@@ -359,7 +401,7 @@ class Timer:
                 outcome, error = Outcome.ERROR, exc
         except Exception as exc:
             outcome, error = Outcome.ERROR, exc
-        self._complete(slot, token, started, loop.time(), outcome, error)
+        self._complete(slot, token, started, clock(), outcome, error)
 
     def _complete(
         self,
@@ -387,7 +429,7 @@ class Timer:
             self._overruns += 1
         self._last_lateness = lateness
         self._last_duration = finished - started
-        if self._max_lateness is None or lateness > self._max_lateness:
+        if lateness > self._max_lateness:
             self._max_lateness = lateness
         if outcome is Outcome.OK:
             if self._error_streak:
@@ -421,11 +463,7 @@ class Timer:
                 error=error,
                 overrun=overrun,
             )
-            for observer in tuple(self._observers):
-                try:
-                    observer(record)
-                except Exception:
-                    logger.exception("timer=%s observer %r failed", self._name, observer)
+            self._notify(record)
 
         if fixed is not None and token == self._token and next_due >= finished and self._running:
             # The common case: the tick ended before the next grid point; nothing skipped.

@@ -5,8 +5,9 @@ replaces their selector, and ``uvloop.Loop`` is a libuv loop with neither (check
 these are short real-time variants, with tolerances only where real time decides; every
 structural fact (grid, counts, skips, outcomes, never early) is still asserted exactly.
 
-uvloop's ``loop.time()`` is libuv's cached millisecond clock and its timers may fire up to a
-millisecond before their ``call_at`` time: the never-early rule is tested here for real.
+uvloop's ``loop.time()`` is libuv's millisecond clock (the engine reads ``time.monotonic()``
+instead, which it truncates) and its timers may fire up to a millisecond before their
+``call_at`` time: the never-early rule is tested here for real.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 import uvloop
 
-from service import Outcome, SchedulePolicy, TickRecord, Timer
+from service import Outcome, SchedulePolicy, Scheduler, TickRecord, Timer
 
 pytestmark = [pytest.mark.realtime]
 
@@ -44,11 +46,21 @@ def on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Non
 def on_grid(records: list[TickRecord], interval: float, before: float, after: float) -> bool:
     """Whether every due time is exactly ``origin + N * interval`` for one start time.
 
-    uvloop's clock counts whole milliseconds and is read afresh, so the start time is one of
-    the milliseconds between ``before`` and ``after`` (read around ``start()``).
+    The engine reads uvloop's clock at full resolution (``time.monotonic()``, which uvloop's
+    ``loop.time()`` truncates to the millisecond), so the origin is the engine clock's reading
+    at ``start()``, between ``before`` and ``after``.
     """
-    candidates = [ms / 1000 for ms in range(round(before * 1000), round(after * 1000) + 1)]
-    return any(all(r.due == o + r.number * interval for r in records) for o in candidates)
+    origin = records[0].due - records[0].number * interval
+    return before <= origin <= after and all(r.due == origin + r.number * interval for r in records)
+
+
+def test_the_engine_reads_uvloop_time_at_full_resolution() -> None:
+    async def body() -> float:
+        clock = Scheduler.for_loop().clock
+        return clock() - time.monotonic()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert -0.001 < runner.run(body()) <= 0.0
 
 
 def test_looptime_cannot_patch_uvloop() -> None:
@@ -67,13 +79,12 @@ async def test_running_on_uvloop() -> None:
 
 @on_uvloop
 async def test_fixed_grid_and_never_early() -> None:
-    loop = asyncio.get_running_loop()
     records: list[TickRecord] = []
     interval = 0.0123  # not a whole number of milliseconds
     timer = Timer(interval, lambda: None, observers=[records.append])
-    before = loop.time()
+    before = Scheduler.for_loop().clock()
     timer.start()
-    after = loop.time()
+    after = Scheduler.for_loop().clock()
     await asyncio.sleep(0.3)
     timer.stop()
     assert len(records) >= 20
@@ -106,7 +117,6 @@ async def test_delay_spacing() -> None:
 @on_uvloop
 async def test_overrun_skips_exactly_and_keeps_the_grid() -> None:
     """Callback takes 2.5 intervals (50 ms of 20 ms): 2 due times skipped per tick."""
-    loop = asyncio.get_running_loop()
     records: list[TickRecord] = []
     running = peak = 0
 
@@ -119,9 +129,9 @@ async def test_overrun_skips_exactly_and_keeps_the_grid() -> None:
 
     interval = 0.02
     timer = Timer(interval, slow, observers=[records.append])
-    before = loop.time()
+    before = Scheduler.for_loop().clock()
     timer.start()
-    after = loop.time()
+    after = Scheduler.for_loop().clock()
     await asyncio.sleep(0.25)
     timer.stop()
     await timer.wait_stopped()

@@ -1,0 +1,144 @@
+"""Precise loop wake-ups on Linux: a ``timerfd`` armed at an absolute monotonic time.
+
+asyncio sleeps in ``epoll_wait`` with a timeout rounded *up* to whole milliseconds (twice,
+through float rounding), so a bare ``loop.call_at`` starts 1-2 ms late. A timer file
+descriptor (``timerfd_create(CLOCK_MONOTONIC)``) armed with ``TFD_TIMER_ABSTIME`` becomes
+readable at the nanosecond it is due (the kernel's high-resolution timers; measured here: 0.1-0.2
+ms late on an idle VM). Registered with ``loop.add_reader`` it wakes the loop's ``epoll_wait``
+directly: no helper thread, no self-pipe, no lock, one ``timerfd_settime`` system call per arm.
+It works on any selector loop (asyncio's and uvloop's).
+
+``time.monotonic()`` is ``CLOCK_MONOTONIC`` on Linux, the same clock as asyncio's
+``loop.time()``, so a loop time converts to the timer's absolute nanoseconds without an offset.
+The waker only wakes the loop; the caller decides by its own clock whether anything is due.
+
+The system calls go through :mod:`ctypes` (Python 3.13 adds ``os.timerfd_create``; we support
+3.11). Where the C library has no ``timerfd_create`` (not Linux), :func:`timerfd_available` is
+false and the engine falls back to ``call_at``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import math
+import os
+import sys
+import weakref
+from collections.abc import Callable
+
+__all__ = ["TimerFdWaker", "timerfd_available"]
+
+_CLOCK_MONOTONIC = 1
+_TFD_TIMER_ABSTIME = 1
+_NANOSECONDS = 1_000_000_000
+_MARGIN_NS = 1_000
+"""Armed this much after the target, so that the loop's float clock has surely reached it."""
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        create = libc.timerfd_create
+        settime = libc.timerfd_settime
+    except (OSError, AttributeError):
+        return None
+    create.argtypes = [ctypes.c_int, ctypes.c_int]
+    create.restype = ctypes.c_int
+    settime.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(_Itimerspec),
+        ctypes.c_void_p,
+    ]
+    settime.restype = ctypes.c_int
+    return libc
+
+
+_libc = _load_libc()
+
+
+def timerfd_available() -> bool:
+    """Whether this system can give precise wake-ups (Linux with ``timerfd_create``)."""
+    return _libc is not None
+
+
+class TimerFdWaker:
+    """Call ``on_wake`` on ``loop`` at an absolute ``time.monotonic`` time.
+
+    One armed time at a time: :meth:`arm` replaces it, :meth:`disarm` clears it. ``on_wake``
+    runs as a reader callback of the loop (on the loop's thread), once per expiry.
+
+    Raises:
+        OSError: the kernel refused to create the timer (the message says why).
+        RuntimeError: not available on this system (see :func:`timerfd_available`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_wake: Callable[[], None]) -> None:
+        if _libc is None:
+            raise RuntimeError("precise wake-ups need Linux timerfd (wakeup='loop' works anywhere)")
+        fd = _libc.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_create failed: {os.strerror(errno)}")
+        self._fd: int = fd
+        self._loop = loop
+        self._on_wake = on_wake
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
+        self._settime = _libc.timerfd_settime
+        self._armed_ns = 0
+        self._closed = False
+        loop.add_reader(fd, self._readable)
+        # Closes the descriptor if the loop (which holds the reader callback) goes away first.
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def fileno(self) -> int:
+        return self._fd
+
+    def arm(self, when: float) -> None:
+        """Wake the loop once ``time.monotonic()`` reaches ``when`` (seconds)."""
+        ns = math.ceil(when * _NANOSECONDS) + _MARGIN_NS
+        if ns == self._armed_ns:
+            return
+        self._set(ns)
+
+    def disarm(self) -> None:
+        if self._armed_ns:
+            self._set(0)
+
+    def close(self) -> None:
+        """Unregister from the loop and close the descriptor. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._finalizer()
+
+    def _set(self, ns: int) -> None:
+        value = self._spec.it_value
+        value.tv_sec, value.tv_nsec = divmod(ns, _NANOSECONDS)
+        if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_settime failed: {os.strerror(errno)}")
+        self._armed_ns = ns
+
+    def _readable(self) -> None:
+        try:
+            os.read(self._fd, 8)  # the expiry count; reading clears readiness
+        except BlockingIOError:
+            return  # re-armed after it became readable: not expired any more
+        self._armed_ns = 0
+        self._on_wake()
