@@ -133,8 +133,10 @@ class Gatebeat(Impl):
     """``service.Timer`` FIXED, sync callback (runs inline), optionally a Prometheus observer.
 
     The wake-up mode (``GATEBEAT_WAKEUP``) is set by the parent in the child's environment.
-    ``phase`` (with ``immediate=True``) puts each timer's grid on ``first[i]`` modulo the
-    interval; the grid actually used is read back from ``statistics().next_due``.
+    Each timer is aligned (``align=True``: its grid is the loop clock's multiples of the
+    interval plus ``phase``) with ``phase = first[i] % interval``, which puts it on the
+    harness's grid; timers due together then share exactly the same due times, as a gateway's
+    aligned heartbeats do. The grid actually used is read back from ``statistics().next_due``.
     """
 
     def __init__(self, prometheus: bool) -> None:
@@ -158,15 +160,12 @@ class Gatebeat(Impl):
     def start(self, firsts: list[float], interval: float, rec: list[Recorder]) -> list[float]:
         from service import SchedulePolicy, Timer
 
-        loop = self.loop
         self.timers = []
         anchors = []
         for first, r in zip(firsts, rec, strict=True):
             self.count += 1
             name = f"t{self.count}"
-            phase = (first - loop.time()) % interval
-            if not 0 <= phase < interval:
-                phase = 0.0
+            phase = first % interval
             timer = Timer(
                 interval,
                 r,
@@ -174,6 +173,7 @@ class Gatebeat(Impl):
                 name=name,
                 phase=phase,
                 immediate=True,
+                align=True,
                 observers=[self._observer(name)] if self.prometheus else (),
             )
             timer.start()

@@ -63,11 +63,17 @@ class FixedSchedule:
         phase: seconds added to every due time, in ``[0, interval)``; spreads many timers with
             the same interval over the interval instead of waking them all at once.
         immediate: the first tick is number 0 (due at ``start + phase``) instead of number 1.
+        aligned: the grid's origin is the loop clock's zero instead of the start time, so every
+            timer with the same interval and phase ticks at exactly the same instants, however
+            and whenever it was started (a restarted device keeps its place in the interval).
+            The first tick is the first grid point after the start (at or after it with
+            ``immediate``); tick numbers count from the clock's zero.
     """
 
     interval: float
     phase: float = 0.0
     immediate: bool = False
+    aligned: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.interval) and self.interval > 0):
@@ -82,6 +88,11 @@ class FixedSchedule:
         return origin + self.phase + number * self.interval
 
     def first(self, start: float) -> Slot:
+        if self.aligned:
+            number = self.first_number_at_or_after(0.0, start)
+            if not self.immediate and self.due(0.0, number) == start:
+                number += 1
+            return Slot(number, self.due(0.0, number), 0.0)
         number = 0 if self.immediate else 1
         return Slot(number, self.due(start, number), start)
 

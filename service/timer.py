@@ -61,6 +61,10 @@ class Timer:
         phase: FIXED only: seconds in ``[0, interval)`` added to every due time, or ``"auto"``
             for a deterministic phase derived from ``name`` (spreads many timers).
         immediate: the first tick is due at start (+ phase) instead of one interval later.
+        align: FIXED only: put the grid on the loop clock's multiples of ``interval`` (plus
+            ``phase``) instead of on the start time, so timers with the same interval and phase
+            tick at exactly the same instants whenever they were started; the first tick is the
+            next grid point (see :class:`~service.schedule.FixedSchedule`).
         timeout: seconds a tick may run before it is cancelled and counted as a timeout. For
             ``run_in_thread`` callbacks (threads cannot be cancelled) the tick is counted as a
             timeout when it returns late, and no new tick starts until it has returned.
@@ -82,6 +86,7 @@ class Timer:
         name: str | None = None,
         phase: float | timedelta | Literal["auto"] = 0.0,
         immediate: bool = False,
+        align: bool = False,
         timeout: float | timedelta | None = None,
         run_in_thread: bool = False,
         observers: Iterable[TickObserver] = (),
@@ -100,10 +105,12 @@ class Timer:
             seconds = to_seconds(interval, what=f"timer {name!r} interval")
             if self._policy is SchedulePolicy.FIXED:
                 offset = _phase_seconds(phase, seconds, name)
-                schedule = FixedSchedule(seconds, offset, immediate)
+                schedule = FixedSchedule(seconds, offset, immediate, align)
             else:
                 if phase == "auto" or to_seconds(phase, what="phase", allow_zero=True) != 0:
                     raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
+                if align:
+                    raise ValueError(f"timer {name!r}: align applies to FIXED timers only")
                 schedule = DelaySchedule(seconds, immediate)
         self._schedule = schedule
         # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).

@@ -129,25 +129,30 @@ class Every(Trigger):
         interval: seconds (number, ``timedelta`` or ``"5s"``), > 0.
         phase: seconds in ``[0, interval)`` added to every due time.
         immediate: the first tick is due at start (+ phase) instead of one interval later.
+        align: the grid is the loop clock's multiples of ``interval`` (plus ``phase``), not
+            the start time: every aligned ``Every`` with the same interval and phase ticks at
+            the same instants (see :class:`~service.schedule.FixedSchedule`).
     """
 
     interval: float
     phase: float
     immediate: bool
+    align: bool
 
     def __init__(
         self, interval: float | timedelta | str, *, phase: float | timedelta = 0.0,
-        immediate: bool = False,
+        immediate: bool = False, align: bool = False,
     ) -> None:  # fmt: skip
         seconds = to_seconds(interval, what="Every interval")
         offset = to_seconds(phase, what="Every phase", allow_zero=True)
-        FixedSchedule(seconds, offset, immediate)  # validates phase < interval
+        FixedSchedule(seconds, offset, immediate, align)  # validates phase < interval
         object.__setattr__(self, "interval", seconds)
         object.__setattr__(self, "phase", offset)
         object.__setattr__(self, "immediate", immediate)
+        object.__setattr__(self, "align", align)
 
     def schedule(self, *, wall_clock: WallClock = utc_now, step_tolerance: float = 1.0) -> Schedule:
-        return FixedSchedule(self.interval, self.phase, self.immediate)
+        return FixedSchedule(self.interval, self.phase, self.immediate, self.align)
 
 
 @dataclass(frozen=True, slots=True, init=False)
