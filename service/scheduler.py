@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["PRECISE_SLACK", "Scheduler", "WakeupMode", "engine_clock"]
 
 WakeupMode = Literal["auto", "loop", "precise"]
-PRECISE_SLACK = 0.00075
+PRECISE_SLACK = 0.0008
 """Seconds: with precise wake-ups, the least time between two wake-ups that ran ticks."""
 
 _CLOCK_MATCH_TOLERANCE = 0.005

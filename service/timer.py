@@ -77,6 +77,37 @@ class Timer:
         TypeError: ``callback`` is not callable.
     """
 
+    # Slots: the tick path reads and writes about twenty of these per tick.
+    __slots__ = (
+        "__weakref__",
+        "_callback",
+        "_current",
+        "_error_streak",
+        "_errors",
+        "_fixed",
+        "_inflight",
+        "_inflight_busy",
+        "_last_duration",
+        "_last_lateness",
+        "_max_lateness",
+        "_name",
+        "_observers",
+        "_overruns",
+        "_pending_skipped",
+        "_policy",
+        "_run_in_thread",
+        "_running",
+        "_schedule",
+        "_scheduler",
+        "_skipped",
+        "_slot",
+        "_ticks",
+        "_timeout",
+        "_timeouts",
+        "_token",
+        "_waiters",
+    )
+
     def __init__(
         self,
         interval: float | timedelta,
@@ -273,7 +304,7 @@ class Timer:
         reads the clock once per tick. A synchronous FIXED callback that succeeds (the hot path
         of a big gateway) is completed inline; everything else goes through :meth:`_complete`.
         """
-        if self._inflight_busy or not self._running:
+        if self._inflight_busy:  # never with a live entry; kept as a guard against overlap
             return started
         scheduler = self._scheduler
         slot = self._slot
@@ -336,7 +367,10 @@ class Timer:
             self._reschedule(slot, token, started, finished, fixed)
             return finished
         self._slot = _new_slot(Slot, (number, next_due, origin))
-        scheduler.schedule(next_due, self)
+        if next_due == scheduler._fill_when:  # Scheduler.schedule's first case, inline
+            scheduler._fill.append((self, token))
+        else:
+            scheduler.schedule(next_due, self)
         return finished
 
     def _start_task(

@@ -32,6 +32,7 @@ __all__ = ["TimerFdWaker", "timerfd_available"]
 _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
 _NANOSECONDS = 1_000_000_000
+_EXPIRED = -1
 _MARGIN_NS = 1_000
 """Armed this much after the target, so that the loop's float clock has surely reached it."""
 
@@ -97,7 +98,7 @@ class TimerFdWaker:
         self._spec = _Itimerspec()
         self._spec_ref = ctypes.byref(self._spec)
         self._settime = _libc.timerfd_settime
-        self._armed_ns = 0
+        self._armed_ns = 0  # 0: disarmed; _EXPIRED: fired, readable until set again
         self._closed = False
         loop.add_reader(fd, self._readable)
         # Closes the descriptor if the loop (which holds the reader callback) goes away first.
@@ -136,9 +137,10 @@ class TimerFdWaker:
         self._armed_ns = ns
 
     def _readable(self) -> None:
-        try:
-            os.read(self._fd, 8)  # the expiry count; reading clears readiness
-        except BlockingIOError:
-            return  # re-armed after it became readable: not expired any more
-        self._armed_ns = 0
+        # No read(): the descriptor stays readable until the next timerfd_settime, which the
+        # wake-up handler always makes (arm or disarm), and which resets the expiry count. That
+        # saves a system call per wake-up.
+        self._armed_ns = _EXPIRED
         self._on_wake()
+        if self._armed_ns == _EXPIRED and not self._closed:
+            self._set(0)  # the handler armed nothing: clear readiness, or the loop would spin
