@@ -12,6 +12,7 @@ left, run shut-down hooks and close transports, stop the exporter, then exit 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -134,6 +135,10 @@ async def serve(
         watchdog.start()
         await asyncio.gather(*(r.start() for r in runtimes))
         timers = sum(len(r.timers) for r in runtimes)
+        # Start-up objects (devices, timers, metric series) live for the whole run: moved out
+        # of the cyclic collector's view, a full collection no longer walks them all and so
+        # no longer pauses every heartbeat (tens of ms at thousands of timers). Undone below.
+        gc.freeze()
         if journal is not None:
             journal.record(
                 "service_start",
@@ -168,6 +173,7 @@ async def serve(
             on_ready(exporter)
         await stop.wait()
     finally:
+        gc.unfreeze()
         started = time.monotonic()
         logger.info("gatebeat stopping")
         notifier.stopping()

@@ -77,20 +77,22 @@ class TickMetrics:
 
     def __call__(self, record: TickRecord) -> None:
         """Count one tick: lateness, duration, ticks, overruns, skipped due times, errors."""
-        lateness = record.started - record.due
-        duration = record.finished - record.started
+        _, _, due, started, finished, skipped_before, outcome, error, overrun = record
+        lateness = started - due
+        duration = finished - started
         buckets = self.buckets
         self.lateness_buckets[bisect_left(buckets, lateness)] += 1
         self.lateness_sum += lateness
         self.duration_buckets[bisect_left(buckets, duration)] += 1
         self.duration_sum += duration
         self.ticks += 1
-        if record.overrun:
+        if overrun:
             self.overruns += 1
-        if record.skipped_before:
-            self.skipped += record.skipped_before
-        if record.outcome in _ERROR_OUTCOMES:
-            kind = type(record.error).__name__ if record.error is not None else record.outcome.value
+        if skipped_before:
+            self.skipped += skipped_before
+        # Identity first: Enum.__hash__ (for the set lookup) is a Python call per tick.
+        if outcome is not Outcome.OK and outcome in _ERROR_OUTCOMES:
+            kind = type(error).__name__ if error is not None else outcome.value
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def __repr__(self) -> str:

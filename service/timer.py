@@ -150,7 +150,8 @@ class Timer:
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
         )
         self._run_in_thread = run_in_thread
-        self._observers: list[TickObserver] = list(observers)
+        # A tuple, replaced on change: observers may add or remove observers while notified.
+        self._observers: tuple[TickObserver, ...] = tuple(observers)
 
         self._scheduler: Scheduler | None = None
         self._token = 0
@@ -213,10 +214,12 @@ class Timer:
 
     def add_observer(self, observer: TickObserver) -> None:
         """Call ``observer`` with every tick record from now on."""
-        self._observers.append(observer)
+        self._observers = (*self._observers, observer)
 
     def remove_observer(self, observer: TickObserver) -> None:
-        self._observers.remove(observer)
+        observers = list(self._observers)
+        observers.remove(observer)
+        self._observers = tuple(observers)
 
     def start(self) -> None:
         """Start ticking; the first tick is due one interval from now (or now, ``immediate``).
@@ -306,9 +309,9 @@ class Timer:
         """
         if self._inflight_busy:  # never with a live entry; kept as a guard against overlap
             return started
-        scheduler = self._scheduler
-        slot = self._slot
-        assert scheduler is not None and slot is not None
+        # Both set while an entry is live (start() sets them before scheduling).
+        scheduler: Scheduler = self._scheduler  # type: ignore[assignment]
+        slot: Slot = self._slot  # type: ignore[assignment]
         token = self._token
         self._inflight_busy = True
         if self._run_in_thread:
@@ -399,7 +402,7 @@ class Timer:
         task.add_done_callback(cancelled_before_start)
 
     def _notify(self, record: TickRecord) -> None:
-        for observer in tuple(self._observers):
+        for observer in self._observers:
             try:
                 observer(record)
             except Exception:
