@@ -370,8 +370,9 @@ class Timer:
             self._reschedule(slot, token, started, finished, fixed)
             return finished
         self._slot = _new_slot(Slot, (number, next_due, origin))
-        if next_due == scheduler._fill_when:  # Scheduler.schedule's first case, inline
-            scheduler._fill.append((self, token))
+        fill = scheduler._fill
+        if fill is not None and next_due == scheduler._fill_when:  # Scheduler.schedule, inline
+            fill.append((self, token))
         else:
             scheduler.schedule(next_due, self)
         return finished
