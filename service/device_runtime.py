@@ -121,6 +121,7 @@ class DeviceRuntime:
             SchedulePolicy.FIXED if heartbeat else SchedulePolicy.DELAY,
             name=f"{self.name}/{resolved.name}",
             phase=resolved.phase if heartbeat else 0.0,
+            align=resolved.align and heartbeat,
             immediate=resolved.immediate,
             timeout=resolved.timeout,
             observers=(self._hub.observer(self.name, resolved.name, resolved.interval),),

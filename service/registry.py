@@ -67,7 +67,7 @@ COMMON_DEVICE_KEYS = frozenset(
 )
 """Device keys the framework owns; a driver's ``Config`` may not define fields with these names."""
 
-COMMON_TIMER_KEYS = frozenset({"name", "interval", "phase", "immediate", "timeout"})
+COMMON_TIMER_KEYS = frozenset({"name", "interval", "phase", "align", "immediate", "timeout"})
 """Timer keys the framework owns; a driver's ``Poll``/``Heartbeat`` may not redefine them."""
 
 _CALLBACKS = ("poll", "heartbeat", "startup", "shutdown")

@@ -42,6 +42,7 @@ class ResolvedTimer:
     Attributes:
         spec: what the driver's callback sees as ``tick.timer``.
         phase: offset of the schedule grid, seconds, or ``"auto"``.
+        align: heartbeats: the grid is the clock's multiples of the interval, not the start.
         immediate: first tick at start instead of one interval later.
         timeout: seconds a tick may run before it is cancelled, or ``None``.
     """
@@ -50,6 +51,7 @@ class ResolvedTimer:
     phase: float | Literal["auto"] = 0.0
     immediate: bool = False
     timeout: float | None = None
+    align: bool = False
 
     @property
     def name(self) -> str:
@@ -253,8 +255,19 @@ def _timers(
                     "schedules) only; a poll's next tick follows the end of the previous one"
                 )
                 continue
+            if kind == "poll" and common.align:
+                label = format_location((*entry_loc, index), entry_root)
+                problems.append(
+                    f"{label}.align: true: align applies to heartbeats (FIXED schedules) only; "
+                    "a poll's next tick follows the end of the previous one"
+                )
+                continue
             spec = TimerSpec(common.name, kind, common.interval, options)
-            timers.append(ResolvedTimer(spec, common.phase, common.immediate, common.timeout))
+            timers.append(
+                ResolvedTimer(
+                    spec, common.phase, common.immediate, common.timeout, align=common.align
+                )
+            )
     listed = any(isinstance(raw.get(key), list) and raw.get(key) for key in _TIMER_KINDS)
     if not timers and not listed and len(problems) == before:
         problems.append(f"{where}: no polls nor heartbeats configured")

@@ -188,9 +188,10 @@ class RuntimeSettings(_Section):
     )
     wakeup: Literal["auto", "loop", "precise"] = Field(
         default="auto",
-        description="Timer wake-ups: 'precise' adds a helper thread that starts sparse ticks "
-        "within a fraction of a millisecond; 'loop' uses only the event loop; 'auto' = precise "
-        "on a real clock.",
+        description="Timer wake-ups: 'precise' arms a Linux timerfd so ticks start within a "
+        "fraction of a millisecond (wake-ups coalesced to at most one per 0.8 ms); 'loop' uses "
+        "only the event loop's call_at (1-2 ms late, fewer wake-ups on dense schedules); "
+        "'auto' = precise on Linux with a real clock.",
     )
     max_loop_lag: Seconds = Field(
         default=1.0, description="Event-loop lag in seconds above which /healthz reports 503."
@@ -249,6 +250,11 @@ class TimerSettings(BaseModel):
     phase: float | Literal["auto"] = Field(
         default=0.0,
         description="Offset of the schedule grid, seconds, or 'auto' to spread devices out.",
+    )
+    align: bool = Field(
+        default=False,
+        description="Heartbeats: grid on the clock's multiples of the interval (plus phase), "
+        "not on the start time, so a restarted device keeps its place in the interval.",
     )
     immediate: bool = Field(default=False, description="First tick at start, not after interval.")
     timeout: Seconds | None = Field(

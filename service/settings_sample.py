@@ -171,7 +171,12 @@ def _timer_lines(driver: LoadedDriver, kind: str) -> list[str]:
         "  # timeout = 2.0",
     ]
     if kind == "heartbeat":
-        lines += ["  # Offset of the schedule grid, seconds, or 'auto'.", "  # phase = 0.0"]
+        lines += [
+            "  # Offset of the schedule grid, seconds, or 'auto'.",
+            "  # phase = 0.0",
+            "  # Grid on the clock's multiples of the interval (plus phase), not the start.",
+            "  # align = false",
+        ]
     lines += _field_lines(model, "  ")
     if defaults:  # the whole entry stays commented out, so the defaults apply
         lines = [

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from service.bus import Bus
+from service.device_runtime import DeviceRuntime
+from service.metrics import MetricsHub
 from service.registry import discover
+from service.schedule import FixedSchedule
 from service.settings import ConfigError, load_settings
 
 DESIGN_EXAMPLE = """
@@ -171,17 +175,22 @@ transport = { kind = "serial", port = "/dev/ttyUSB1" }
   name = "ping"
   interval = 1
   phase = "auto"
+  align = true
   command = "PING"
 """
     settings = load_settings(_config(tmp_path, text), {}, registry=registry)
     (device,) = settings.resolved_devices
     assert device.config is not None and device.config.gain == 2.5  # type: ignore[attr-defined]
     assert device.unit_id is None
-    assert [(t.name, t.kind, t.interval, t.phase) for t in device.timers] == [
-        ("reading", "poll", 0.25, 0.0),
-        ("ping", "heartbeat", 1.0, "auto"),
+    assert [(t.name, t.kind, t.interval, t.phase, t.align) for t in device.timers] == [
+        ("reading", "poll", 0.25, 0.0, False),
+        ("ping", "heartbeat", 1.0, "auto", True),
     ]
     assert device.heartbeats[0].spec.options.command == "PING"  # type: ignore[union-attr]
+    runtime = DeviceRuntime(device, bus=Bus(device.bus), hub=MetricsHub())
+    schedules = [timer.schedule for timer in runtime.timers]
+    assert isinstance(schedules[1], FixedSchedule) and schedules[1].aligned
+    assert not isinstance(schedules[0], FixedSchedule)  # the poll: DELAY, never aligned
 
 
 def test_driver_rules(tmp_path: Path) -> None:
