@@ -12,10 +12,15 @@ so a million ticks later the grid is exactly where it started.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from datetime import timedelta
+from typing import Literal, NamedTuple, Protocol
 
-__all__ = ["DelaySchedule", "FixedSchedule", "Schedule", "Slot"]
+from service.intervals import to_seconds
+from service.records import SchedulePolicy
+
+__all__ = ["DelaySchedule", "FixedSchedule", "Schedule", "Slot", "schedule_for"]
 
 
 class Slot(NamedTuple):
@@ -156,3 +161,38 @@ class DelaySchedule:
 
     def overrun(self, slot: Slot, started: float, finished: float) -> bool:
         return finished - started > self.interval
+
+
+def schedule_for(
+    policy: SchedulePolicy,
+    interval: float | timedelta,
+    *,
+    name: str,
+    phase: float | timedelta | Literal["auto"] = 0.0,
+    immediate: bool = False,
+    align: bool = False,
+) -> FixedSchedule | DelaySchedule:
+    """The schedule of a :class:`~service.Timer` from its options (see there).
+
+    ``phase="auto"`` is ``crc32(name) / 2**32 * interval``: deterministic and spread evenly.
+
+    Raises:
+        ValueError: a value out of range, or ``phase``/``align`` on a DELAY timer; the message
+            names the timer and the value.
+    """
+    seconds = to_seconds(interval, what=f"timer {name!r} interval")
+    if policy is SchedulePolicy.FIXED:
+        if phase == "auto":
+            offset = (zlib.crc32(name.encode()) / 2**32) * seconds
+        else:
+            offset = to_seconds(phase, what=f"timer {name!r} phase", allow_zero=True)
+            if offset >= seconds:
+                raise ValueError(
+                    f"timer {name!r}: phase must be < interval ({seconds} s), got {phase!r}"
+                )
+        return FixedSchedule(seconds, offset, immediate, align)
+    if phase == "auto" or to_seconds(phase, what="phase", allow_zero=True) != 0:
+        raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
+    if align:
+        raise ValueError(f"timer {name!r}: align applies to FIXED timers only")
+    return DelaySchedule(seconds, immediate)

@@ -133,7 +133,7 @@ class Scheduler:
         return self._waker is not None
 
     def __len__(self) -> int:
-        """Heap entries, including stale ones not yet dropped."""
+        """Scheduled timer entries (buckets counted by their members), stale ones included."""
         count = 0
         for _, _, item, _ in self._heap:
             count += len(item) if isinstance(item, list) else 1

@@ -22,7 +22,6 @@ import asyncio
 import inspect
 import logging
 import math
-import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, Literal
@@ -35,8 +34,9 @@ from service.records import (
     TickRecord,
     TimerStatistics,
 )
-from service.schedule import DelaySchedule, FixedSchedule, Schedule, Slot
+from service.schedule import FixedSchedule, Schedule, Slot, schedule_for
 from service.scheduler import Scheduler
+from service.tick_task import TickTaskSpec, start_tick_task
 
 __all__ = ["Timer", "TimerCallback"]
 
@@ -133,16 +133,14 @@ class Timer:
         self._callback = callback
         self._policy = SchedulePolicy(schedule_policy)
         if schedule is None:
-            seconds = to_seconds(interval, what=f"timer {name!r} interval")
-            if self._policy is SchedulePolicy.FIXED:
-                offset = _phase_seconds(phase, seconds, name)
-                schedule = FixedSchedule(seconds, offset, immediate, align)
-            else:
-                if phase == "auto" or to_seconds(phase, what="phase", allow_zero=True) != 0:
-                    raise ValueError(f"timer {name!r}: phase applies to FIXED timers only")
-                if align:
-                    raise ValueError(f"timer {name!r}: align applies to FIXED timers only")
-                schedule = DelaySchedule(seconds, immediate)
+            schedule = schedule_for(
+                self._policy,
+                interval,
+                name=name,
+                phase=phase,
+                immediate=immediate,
+                align=align,
+            )
         self._schedule = schedule
         # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).
         self._fixed = schedule if type(schedule) is FixedSchedule else None
@@ -367,7 +365,7 @@ class Timer:
         self._pending_skipped = 0
         if finished > next_due or token != self._token:
             self._overruns += finished > next_due
-            self._reschedule(slot, token, started, finished, fixed)
+            self._reschedule(slot, token, started, finished)
             return finished
         self._slot = _new_slot(Slot, (number, next_due, origin))
         fill = scheduler._fill
@@ -382,25 +380,22 @@ class Timer:
     ) -> None:
         """Run the rest of a tick (an awaitable, or a thread's future) as a task."""
         assert self._scheduler is not None
-        loop = self._scheduler.loop
-        clock = self._scheduler.clock
         self._current = slot
-        task = loop.create_task(
-            self._run_async(slot, token, started, awaitable), name=f"gatebeat:{self._name}"
+        self._inflight = start_tick_task(
+            TickTaskSpec(
+                loop=self._scheduler.loop,
+                clock=self._scheduler.clock,
+                name=self._name,
+                timeout=self._timeout,
+                in_thread=self._run_in_thread,
+                complete=self._complete,
+                is_current=lambda task: self._inflight is task,
+            ),
+            slot,
+            token,
+            started,
+            awaitable,
         )
-        self._inflight = task
-
-        def cancelled_before_start(done: asyncio.Task[None]) -> None:
-            # A task cancelled before its first step never runs _run_async, so nothing would
-            # complete the tick: do it here, and close the callback's coroutine unawaited.
-            if done.cancelled() and self._inflight is done:
-                if inspect.iscoroutine(awaitable):
-                    awaitable.close()
-                elif isinstance(awaitable, asyncio.Future):
-                    awaitable.cancel()
-                self._complete(slot, token, started, clock(), Outcome.CANCELLED, None)
-
-        task.add_done_callback(cancelled_before_start)
 
     def _notify(self, record: TickRecord) -> None:
         for observer in self._observers:
@@ -408,45 +403,6 @@ class Timer:
                 observer(record)
             except Exception:
                 logger.exception("timer=%s observer %r failed", self._name, observer)
-
-    async def _run_async(
-        self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
-    ) -> None:
-        assert self._scheduler is not None
-        clock = self._scheduler.clock
-        outcome: Outcome = Outcome.OK
-        error: BaseException | None = None
-        deadline = None
-        try:
-            if self._timeout is not None and not self._run_in_thread:
-                deadline = asyncio.timeout(self._timeout)
-                async with deadline:
-                    await awaitable
-            elif self._run_in_thread:
-                # Shielded: a thread cannot be cancelled, so a cancelled tick must still know
-                # when its thread returns (see below).
-                await asyncio.shield(awaitable)
-                if self._timeout is not None and clock() - started > self._timeout:
-                    outcome = Outcome.TIMEOUT
-                    error = TimeoutError(
-                        f"timer {self._name!r}: thread callback ran "
-                        f"{clock() - started:.3f} s, timeout {self._timeout} s"
-                    )
-            else:
-                await awaitable
-        except asyncio.CancelledError:
-            if self._run_in_thread:
-                await _wait_for_thread(awaitable)
-            self._complete(slot, token, started, clock(), Outcome.CANCELLED, None)
-            raise
-        except TimeoutError as exc:
-            if deadline is not None and deadline.expired():
-                outcome, error = Outcome.TIMEOUT, exc
-            else:
-                outcome, error = Outcome.ERROR, exc
-        except Exception as exc:
-            outcome, error = Outcome.ERROR, exc
-        self._complete(slot, token, started, clock(), outcome, error)
 
     def _complete(
         self,
@@ -497,18 +453,8 @@ class Timer:
                 )
         skipped_before = self._pending_skipped
         if self._observers:
-            record = TickRecord(
-                timer=self._name,
-                number=slot.number,
-                due=slot.due,
-                started=started,
-                finished=finished,
-                skipped_before=skipped_before,
-                outcome=outcome,
-                error=error,
-                overrun=overrun,
-            )
-            self._notify(record)
+            fields = (slot.number, slot.due, started, finished, skipped_before, outcome, error)
+            self._notify(TickRecord(self._name, *fields, overrun))
 
         if fixed is not None and token == self._token and next_due >= finished and self._running:
             # The common case: the tick ended before the next grid point; nothing skipped.
@@ -518,16 +464,9 @@ class Timer:
             self._scheduler.schedule(next_due, self)
             return
         self._pending_skipped = 0
-        self._reschedule(slot, token, started, finished, fixed)
+        self._reschedule(slot, token, started, finished)
 
-    def _reschedule(
-        self,
-        slot: Slot,
-        token: int,
-        started: float,
-        finished: float,
-        fixed: FixedSchedule | None,
-    ) -> None:
+    def _reschedule(self, slot: Slot, token: int, started: float, finished: float) -> None:
         """Arm the slot after ``slot`` (catching up past skipped due times), or wind down."""
         if not self._running:
             self._wake_waiters()
@@ -555,29 +494,3 @@ class Timer:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
-
-
-async def _wait_for_thread(awaitable: Awaitable[Any]) -> None:
-    """Wait until a cancelled tick's thread has returned, so that no tick overlaps it.
-
-    The thread keeps running after its tick is cancelled; the tick stays in flight (and
-    ``wait_stopped()`` keeps waiting) until it returns. The pending cancellation is re-raised
-    by the caller afterwards.
-    """
-    future = asyncio.ensure_future(awaitable)
-    while not future.done():
-        try:
-            await asyncio.wait([future])
-        except asyncio.CancelledError:
-            continue
-    if not future.cancelled():
-        future.exception()  # retrieved: the tick is recorded as CANCELLED, not as an error
-
-
-def _phase_seconds(phase: float | timedelta | str, interval: float, name: str) -> float:
-    if phase == "auto":
-        return (zlib.crc32(name.encode()) / 2**32) * interval
-    seconds = to_seconds(phase, what=f"timer {name!r} phase", allow_zero=True)
-    if seconds >= interval:
-        raise ValueError(f"timer {name!r}: phase must be < interval ({interval} s), got {phase!r}")
-    return seconds
