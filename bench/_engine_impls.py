@@ -100,6 +100,7 @@ class ReferenceHeap(Impl):
         self.seq = itertools.count()
         self.handle: asyncio.TimerHandle | None = None
         self.handle_when = math.inf
+        self.millisecond_timers = type(self.loop).__module__.startswith("uvloop")
         for first, r in zip(firsts, rec, strict=True):
             self.heap.append((first, next(self.seq), 0, first, r))
         heapq.heapify(self.heap)
@@ -115,13 +116,20 @@ class ReferenceHeap(Impl):
     def _wake(self) -> None:
         self.handle, self.handle_when = None, math.inf
         heap, now, interval, seq = self.heap, self.loop.time(), self.interval, self.seq
+        ran = False
         while heap and heap[0][0] <= now:
             _, _, n, first, r = heapq.heappop(heap)
             r()
             n += 1
             heapq.heappush(heap, (first + n * interval, next(seq), n, first, r))
+            ran = True
         if heap:
-            self._arm(heap[0][0])
+            when = heap[0][0]
+            if not ran and self.millisecond_timers:
+                # uvloop rounds timer delays to whole milliseconds and may wake early: arm a
+                # millisecond on instead of spinning until the clock moves (gatebeat does too).
+                when = max(when, now + 0.001)
+            self._arm(when)
 
     async def stop(self) -> None:
         if self.handle is not None:
