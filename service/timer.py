@@ -24,6 +24,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
+from heapq import heappush
 from typing import Any, Literal
 
 from service.intervals import to_seconds
@@ -89,6 +90,7 @@ class Timer:
         "_inflight_busy",
         "_last_duration",
         "_last_lateness",
+        "_lean",
         "_max_lateness",
         "_name",
         "_observers",
@@ -167,6 +169,8 @@ class Timer:
         self._errors = 0
         self._timeouts = 0
         self._error_streak = 0
+        # The inline completion in _fire applies (FIXED, in the loop, no failure streak).
+        self._lean = self._fixed is not None and not run_in_thread
         self._last_lateness: float | None = None
         self._max_lateness = -math.inf
         self._last_duration: float | None = None
@@ -329,10 +333,10 @@ class Timer:
         if result is not None and inspect.isawaitable(result):
             self._start_task(slot, token, started, result)
             return finished
-        fixed = self._fixed
-        if fixed is None or self._error_streak or token != self._token:
+        if not self._lean or token != self._token:
             self._complete(slot, token, started, finished, Outcome.OK, None)
             return finished
+        fixed: FixedSchedule = self._fixed  # type: ignore[assignment]  # set when lean
         # What _complete does for exactly this case, inline: the same arithmetic as
         # FixedSchedule.due(origin, number + 1), so the same float.
         self._inflight_busy = False
@@ -362,17 +366,22 @@ class Timer:
                     ),
                 )
             )
-        self._pending_skipped = 0
+        if self._pending_skipped:
+            self._pending_skipped = 0
         if finished > next_due or token != self._token:
             self._overruns += finished > next_due
             self._reschedule(slot, token, started, finished)
             return finished
         self._slot = _new_slot(Slot, (number, next_due, origin))
+        # Scheduler.schedule, inline: this runs inside the scheduler's dispatch, which arms
+        # the wake-up once the pass is over.
         fill = scheduler._fill
-        if fill is not None and next_due == scheduler._fill_when:  # Scheduler.schedule, inline
+        if fill is not None and next_due == scheduler._fill_when:
             fill.append((self, token))
         else:
-            scheduler.schedule(next_due, self)
+            heappush(scheduler._heap, (next_due, next(scheduler._sequence), self, token))
+            scheduler._fill_when = next_due
+            scheduler._fill = None
         return finished
 
     def _start_task(
@@ -438,11 +447,13 @@ class Timer:
                     "timer=%s recovered after %d failed ticks", self._name, self._error_streak
                 )
                 self._error_streak = 0
+                self._lean = fixed is not None and not self._run_in_thread
         elif outcome is not Outcome.CANCELLED:
             self._errors += 1
             if outcome is Outcome.TIMEOUT:
                 self._timeouts += 1
             self._error_streak += 1
+            self._lean = False  # until it recovers: _complete logs the recovery
             if self._error_streak == 1:
                 logger.warning(
                     "timer=%s tick failed outcome=%s error=%r (further failures are counted, "

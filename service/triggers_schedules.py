@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -178,8 +179,11 @@ class WallClockSchedule:
         return wall
 
     def _to_loop(self, when: datetime) -> float:
+        """The loop time at which the wall clock reads ``when``, rounded up to the microsecond
+        (the wall clock's resolution), so float rounding never fires a wall-clock tick early."""
         assert self._wall_ref is not None
-        return self._loop_ref + (when - self._wall_ref).total_seconds()
+        seconds = self._loop_ref + (when - self._wall_ref).total_seconds()
+        return math.ceil(seconds * 1e6) / 1e6
 
     def first(self, start: float) -> Slot | None:
         wall = self._read(start)
