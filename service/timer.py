@@ -375,9 +375,12 @@ class Timer:
         self._slot = _new_slot(Slot, (number, next_due, origin))
         # Scheduler.schedule, inline: this runs inside the scheduler's dispatch, which arms
         # the wake-up once the pass is over.
-        fill = scheduler._fill
-        if fill is not None and next_due == scheduler._fill_when:
-            fill.append((self, token))
+        if next_due == scheduler._fill_when:
+            fill = scheduler._fill
+            if fill is not None:
+                fill.append((self, token))
+            else:
+                scheduler.schedule(next_due, self)  # the second timer due then opens a bucket
         else:
             heappush(scheduler._heap, (next_due, next(scheduler._sequence), self, token))
             scheduler._fill_when = next_due

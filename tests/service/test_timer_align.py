@@ -76,7 +76,9 @@ async def test_thousand_aligned_timers_share_one_bucket_and_run_in_start_order()
         await asyncio.sleep(0.0001)  # started at different times, same grid
     scheduler = Scheduler.for_loop()
     assert len(scheduler._heap) == 2  # the first timer's entry, and one bucket for the rest
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.5)
+    assert len(scheduler._heap) == 2  # rescheduled by the tick path: still one bucket
+    await asyncio.sleep(0.5)
     for timer in timers:
         timer.stop()
     assert order == list(range(1000)) * 2
