@@ -350,22 +350,8 @@ class Timer:
         if lateness > self._max_lateness:
             self._max_lateness = lateness
         if self._observers:
-            self._notify(
-                _new_record(
-                    TickRecord,
-                    (
-                        self._name,
-                        slot[0],
-                        due,
-                        started,
-                        finished,
-                        self._pending_skipped,
-                        Outcome.OK,
-                        None,
-                        finished > next_due,
-                    ),
-                )
-            )
+            fields = (slot[0], due, started, finished, self._pending_skipped, Outcome.OK, None)
+            self._notify(_new_record(TickRecord, (self._name, *fields, finished > next_due)))
         if self._pending_skipped:
             self._pending_skipped = 0
         if finished > next_due or token != self._token:
