@@ -103,6 +103,7 @@ class Timer:
         "_scheduler",
         "_skipped",
         "_slot",
+        "_task_spec",
         "_ticks",
         "_timeout",
         "_timeouts",
@@ -150,6 +151,7 @@ class Timer:
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
         )
         self._run_in_thread = run_in_thread
+        self._task_spec: TickTaskSpec | None = None
         # A tuple, replaced on change: observers may add or remove observers while notified.
         self._observers: tuple[TickObserver, ...] = tuple(observers)
 
@@ -377,23 +379,21 @@ class Timer:
         self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
     ) -> None:
         """Run the rest of a tick (an awaitable, or a thread's future) as a task."""
-        assert self._scheduler is not None
-        self._current = slot
-        self._inflight = start_tick_task(
-            TickTaskSpec(
-                loop=self._scheduler.loop,
-                clock=self._scheduler.clock,
+        scheduler = self._scheduler
+        assert scheduler is not None
+        spec = self._task_spec
+        if spec is None or spec.loop is not scheduler.loop:  # built once per loop, not per tick
+            spec = self._task_spec = TickTaskSpec(
+                loop=scheduler.loop,
+                clock=scheduler.clock,
                 name=self._name,
                 timeout=self._timeout,
                 in_thread=self._run_in_thread,
                 complete=self._complete,
                 is_current=lambda task: self._inflight is task,
-            ),
-            slot,
-            token,
-            started,
-            awaitable,
-        )
+            )
+        self._current = slot
+        self._inflight = start_tick_task(spec, slot, token, started, awaitable)
 
     def _notify(self, record: TickRecord) -> None:
         for observer in self._observers:
