@@ -20,7 +20,15 @@ from typing import Literal, NamedTuple, Protocol
 from service.intervals import to_seconds
 from service.records import SchedulePolicy
 
-__all__ = ["DelaySchedule", "FixedSchedule", "Schedule", "Slot", "schedule_for"]
+__all__ = [
+    "DelaySchedule",
+    "FixedSchedule",
+    "Schedule",
+    "Slot",
+    "SlotFields",
+    "as_slot",
+    "schedule_for",
+]
 
 
 class Slot(NamedTuple):
@@ -29,6 +37,15 @@ class Slot(NamedTuple):
     number: int
     due: float
     origin: float
+
+
+SlotFields = tuple[int, float, float]
+"""A :class:`Slot`'s fields as a plain tuple. The timer's tick path keeps its next slot as this,
+since building a tuple subclass costs several times more; :func:`as_slot` makes it a ``Slot``."""
+
+
+def as_slot(fields: SlotFields) -> Slot:
+    return fields if type(fields) is Slot else Slot._make(fields)
 
 
 class Schedule(Protocol):

@@ -189,7 +189,7 @@ class RuntimeSettings(_Section):
     wakeup: Literal["auto", "loop", "precise"] = Field(
         default="auto",
         description="Timer wake-ups: 'precise' arms a Linux timerfd so ticks start within a "
-        "fraction of a millisecond (wake-ups coalesced to at most one per 0.8 ms); 'loop' uses "
+        "fraction of a millisecond (wake-ups coalesced to at most one per 0.9 ms); 'loop' uses "
         "only the event loop's call_at (1-2 ms late, fewer wake-ups on dense schedules); "
         "'auto' = precise on Linux with a real clock.",
     )

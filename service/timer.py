@@ -35,7 +35,7 @@ from service.records import (
     TickRecord,
     TimerStatistics,
 )
-from service.schedule import FixedSchedule, Schedule, Slot, schedule_for
+from service.schedule import FixedSchedule, Schedule, Slot, SlotFields, as_slot, schedule_for
 from service.scheduler import Scheduler
 from service.tick_task import TickTaskSpec, start_tick_task
 
@@ -47,8 +47,7 @@ TimerCallback = Callable[[], Any]
 """A plain function or a coroutine function taking no arguments."""
 
 _anonymous = 0
-_new_slot = tuple.__new__  # builds a Slot without NamedTuple's Python-level __new__ (hot path)
-_new_record = tuple.__new__  # the same for TickRecord
+_new_record = tuple.__new__  # builds a TickRecord without NamedTuple's Python-level __new__
 
 
 class Timer:
@@ -86,6 +85,8 @@ class Timer:
         "_error_streak",
         "_errors",
         "_fixed",
+        "_grid_interval",
+        "_grid_phase",
         "_inflight",
         "_inflight_busy",
         "_last_duration",
@@ -146,7 +147,9 @@ class Timer:
             )
         self._schedule = schedule
         # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).
-        self._fixed = schedule if type(schedule) is FixedSchedule else None
+        self._fixed = fixed = schedule if type(schedule) is FixedSchedule else None
+        self._grid_phase = fixed.phase if fixed is not None else 0.0  # copies: one cache line
+        self._grid_interval = fixed.interval if fixed is not None else 0.0
         self._timeout = (
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
         )
@@ -158,7 +161,7 @@ class Timer:
         self._scheduler: Scheduler | None = None
         self._token = 0
         self._running = False
-        self._slot: Slot | None = None
+        self._slot: SlotFields | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._inflight_busy = False
         self._current: Slot | None = None
@@ -214,7 +217,8 @@ class Timer:
         """
         if self._current is not None:
             return self._current
-        return self._slot if self._inflight_busy else None
+        slot = self._slot
+        return as_slot(slot) if slot is not None and self._inflight_busy else None
 
     def add_observer(self, observer: TickObserver) -> None:
         """Call ``observer`` with every tick record from now on."""
@@ -261,8 +265,8 @@ class Timer:
                 until the thread returns.
         """
         if self._running:
-            if self._inflight_busy and self._current is None:
-                self._current = self._slot  # current_tick stays right inside the callback
+            if self._inflight_busy and self._current is None and self._slot is not None:
+                self._current = as_slot(self._slot)  # current_tick stays right in the callback
             self._running = False
             self._token += 1
             self._slot = None
@@ -295,7 +299,7 @@ class Timer:
             last_duration=self._last_duration,
             running=self._running,
             in_flight=self._inflight_busy,
-            next_due=self._slot.due if (self._running and self._slot is not None) else None,
+            next_due=self._slot[1] if (self._running and self._slot is not None) else None,
         )
 
     def __repr__(self) -> str:
@@ -315,7 +319,7 @@ class Timer:
             return started
         # Both set while an entry is live (start() sets them before scheduling).
         scheduler: Scheduler = self._scheduler  # type: ignore[assignment]
-        slot: Slot = self._slot  # type: ignore[assignment]
+        slot: SlotFields = self._slot  # type: ignore[assignment]
         token = self._token
         self._inflight_busy = True
         if self._run_in_thread:
@@ -338,13 +342,12 @@ class Timer:
         if not self._lean or token != self._token:
             self._complete(slot, token, started, finished, Outcome.OK, None)
             return finished
-        fixed: FixedSchedule = self._fixed  # type: ignore[assignment]  # set when lean
         # What _complete does for exactly this case, inline: the same arithmetic as
         # FixedSchedule.due(origin, number + 1), so the same float.
         self._inflight_busy = False
         number = slot[0] + 1
         origin = slot[2]
-        next_due = origin + fixed.phase + number * fixed.interval
+        next_due = origin + self._grid_phase + number * self._grid_interval
         lateness = started - due
         self._ticks += 1
         self._last_lateness = lateness
@@ -360,7 +363,7 @@ class Timer:
             self._overruns += finished > next_due
             self._reschedule(slot, token, started, finished)
             return finished
-        self._slot = _new_slot(Slot, (number, next_due, origin))
+        self._slot = (number, next_due, origin)
         # Scheduler.schedule, inline: this runs inside the scheduler's dispatch, which arms
         # the wake-up once the pass is over.
         if next_due == scheduler._fill_when:
@@ -376,7 +379,7 @@ class Timer:
         return finished
 
     def _start_task(
-        self, slot: Slot, token: int, started: float, awaitable: Awaitable[Any]
+        self, tick: SlotFields, token: int, started: float, awaitable: Awaitable[Any]
     ) -> None:
         """Run the rest of a tick (an awaitable, or a thread's future) as a task."""
         scheduler = self._scheduler
@@ -392,7 +395,7 @@ class Timer:
                 complete=self._complete,
                 is_current=lambda task: self._inflight is task,
             )
-        self._current = slot
+        slot = self._current = as_slot(tick)
         self._inflight = start_tick_task(spec, slot, token, started, awaitable)
 
     def _notify(self, record: TickRecord) -> None:
@@ -404,7 +407,7 @@ class Timer:
 
     def _complete(
         self,
-        slot: Slot,
+        slot: SlotFields,
         token: int,
         started: float,
         finished: float,
@@ -418,11 +421,11 @@ class Timer:
         if fixed is not None:
             # FixedSchedule.due(origin, number + 1), inlined: the same expression, so the
             # same float, as the schedule's own arithmetic.
-            next_due = slot.origin + fixed.phase + (slot.number + 1) * fixed.interval
+            next_due = slot[2] + fixed.phase + (slot[0] + 1) * fixed.interval
             overrun = finished > next_due
         else:
-            overrun = self._schedule.overrun(slot, started, finished)
-        lateness = started - slot.due
+            overrun = self._schedule.overrun(as_slot(slot), started, finished)
+        lateness = started - slot[1]
         self._ticks += 1
         if overrun:
             self._overruns += 1
@@ -453,29 +456,29 @@ class Timer:
                 )
         skipped_before = self._pending_skipped
         if self._observers:
-            fields = (slot.number, slot.due, started, finished, skipped_before, outcome, error)
+            fields = (slot[0], slot[1], started, finished, skipped_before, outcome, error)
             self._notify(TickRecord(self._name, *fields, overrun))
 
         if fixed is not None and token == self._token and next_due >= finished and self._running:
             # The common case: the tick ended before the next grid point; nothing skipped.
             assert self._scheduler is not None
             self._pending_skipped = 0
-            self._slot = Slot(slot.number + 1, next_due, slot.origin)
+            self._slot = (slot[0] + 1, next_due, slot[2])
             self._scheduler.schedule(next_due, self)
             return
         self._pending_skipped = 0
         self._reschedule(slot, token, started, finished)
 
-    def _reschedule(self, slot: Slot, token: int, started: float, finished: float) -> None:
+    def _reschedule(self, slot: SlotFields, token: int, started: float, finished: float) -> None:
         """Arm the slot after ``slot`` (catching up past skipped due times), or wind down."""
         if not self._running:
             self._wake_waiters()
             return
         scheduler = self._scheduler
         assert scheduler is not None
-        following: Slot | None
+        following: SlotFields | None
         if token == self._token:
-            following = self._schedule.following(slot, started, finished)
+            following = self._schedule.following(as_slot(slot), started, finished)
         else:  # restarted while this callback was in flight: continue the new schedule
             following = self._slot
         if following is None:
@@ -484,7 +487,7 @@ class Timer:
             self._running = False
             self._wake_waiters()
             return
-        caught_up, skipped = self._schedule.catch_up(following, finished)
+        caught_up, skipped = self._schedule.catch_up(as_slot(following), finished)
         self._skipped += skipped
         self._pending_skipped = skipped
         self._slot = caught_up

@@ -12,6 +12,12 @@ It works on any selector loop (asyncio's and uvloop's).
 ``loop.time()``, so a loop time converts to the timer's absolute nanoseconds without an offset.
 The waker only wakes the loop; the caller decides by its own clock whether anything is due.
 
+Dense schedules (a wake-up due again within the scheduler's coalescing slack) use the timer's
+own interval instead: :meth:`TimerFdWaker.arm_on_grid` sets a repeating expiry once, and each
+wake-up then costs a ``read()`` instead of a ``timerfd_settime``, which reprograms the CPU's
+timer hardware (measured on this VM: about 34 instead of 42 microseconds of CPU per wake-up,
+against 25 for an epoll timeout).
+
 The system calls go through :mod:`ctypes` (Python 3.13 adds ``os.timerfd_create``; we support
 3.11). Where the C library has no ``timerfd_create`` (not Linux), :func:`timerfd_available` is
 false and the engine falls back to ``call_at``.
@@ -24,6 +30,7 @@ import ctypes
 import math
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable
 
@@ -33,6 +40,7 @@ _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
 _NANOSECONDS = 1_000_000_000
 _EXPIRED = -1
+_READ_SIZE = 8  # the expiry count, a 64-bit integer
 _MARGIN_NS = 1_000
 """Armed this much after the target, so that the loop's float clock has surely reached it."""
 
@@ -99,6 +107,9 @@ class TimerFdWaker:
         self._spec_ref = ctypes.byref(self._spec)
         self._settime = _libc.timerfd_settime
         self._armed_ns = 0  # 0: disarmed; _EXPIRED: fired, readable until set again
+        # A repeating grid (arm_on_grid): its origin and period in ns; period 0 = one-shot.
+        self._grid_origin_ns = 0
+        self._grid_period_ns = 0
         self._closed = False
         loop.add_reader(fd, self._readable)
         # Closes the descriptor if the loop (which holds the reader callback) goes away first.
@@ -111,9 +122,28 @@ class TimerFdWaker:
     def arm(self, when: float) -> None:
         """Wake the loop once ``time.monotonic()`` reaches ``when`` (seconds)."""
         ns = math.ceil(when * _NANOSECONDS) + _MARGIN_NS
-        if ns == self._armed_ns:
+        if ns == self._armed_ns and not self._grid_period_ns:
             return
         self._set(ns)
+
+    def arm_on_grid(self, when: float, start: float, period: float) -> None:
+        """Wake the loop at the first point of a repeating grid at or after ``when`` (seconds).
+
+        The grid (``start + k * period``) keeps running until :meth:`arm` or :meth:`disarm`,
+        so a caller that asks again for a time the grid already covers costs no
+        ``timerfd_settime``. A new grid starts at ``start`` when none with this ``period`` runs
+        or its next point would come before ``when`` (a wake-up for nothing).
+        """
+        period_ns = math.ceil(period * _NANOSECONDS)
+        if period_ns == self._grid_period_ns:
+            origin = self._grid_origin_ns
+            now_ns = time.monotonic_ns()
+            following = origin + ((now_ns - origin) // period_ns + 1) * period_ns
+            if following >= math.ceil(when * _NANOSECONDS):
+                if self._armed_ns == _EXPIRED:
+                    self._clear()
+                return
+        self._set(math.ceil(start * _NANOSECONDS) + _MARGIN_NS, period_ns)
 
     def disarm(self) -> None:
         if self._armed_ns:
@@ -128,18 +158,30 @@ class TimerFdWaker:
             self._loop.remove_reader(self._fd)
         self._finalizer()
 
-    def _set(self, ns: int) -> None:
-        value = self._spec.it_value
-        value.tv_sec, value.tv_nsec = divmod(ns, _NANOSECONDS)
+    def _set(self, ns: int, period_ns: int = 0) -> None:
+        spec = self._spec
+        spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(ns, _NANOSECONDS)
+        if period_ns != self._grid_period_ns:
+            spec.it_interval.tv_sec, spec.it_interval.tv_nsec = divmod(period_ns, _NANOSECONDS)
         if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"timerfd_settime failed: {os.strerror(errno)}")
         self._armed_ns = ns
+        self._grid_origin_ns = ns
+        self._grid_period_ns = period_ns if ns else 0
+
+    def _clear(self) -> None:
+        """Consume the expiry count: the descriptor is not readable until the next expiry.
+
+        Called only after an expiry that nothing has set the timer since, so it never blocks.
+        """
+        os.read(self._fd, _READ_SIZE)
+        self._armed_ns = self._grid_origin_ns
 
     def _readable(self) -> None:
-        # No read(): the descriptor stays readable until the next timerfd_settime, which the
-        # wake-up handler always makes (arm or disarm), and which resets the expiry count. That
-        # saves a system call per wake-up.
+        # No read() here: the handler either sets the timer again (arm or disarm, which resets
+        # the expiry count) or keeps the repeating grid (arm_on_grid reads the count), so each
+        # wake-up costs one system call.
         self._armed_ns = _EXPIRED
         self._on_wake()
         if self._armed_ns == _EXPIRED and not self._closed:

@@ -61,6 +61,50 @@ async def test_rearming_replaces_the_time_and_disarm_cancels() -> None:
     waker.close()
 
 
+async def test_a_grid_repeats_without_being_set_again_until_a_one_shot_replaces_it() -> None:
+    loop = asyncio.get_running_loop()
+    period = 0.005
+    woke: list[float] = []
+    origins: set[int] = set()
+    fifth = asyncio.Event()
+
+    def on_wake() -> None:
+        woke.append(loop.time())
+        if len(woke) < 5:
+            # Asks for a time the running grid covers: kept, only the expiry count is read.
+            waker.arm_on_grid(woke[-1], woke[-1] + period, period)
+            origins.add(waker._grid_origin_ns)
+            assert not readable(waker.fileno)
+        else:
+            waker.arm(loop.time() + 10.0)  # a one-shot far away ends the grid
+            fifth.set()
+
+    waker = TimerFdWaker(loop, on_wake)
+    start = loop.time() + 0.01
+    waker.arm_on_grid(start - period, start, period)
+    await asyncio.wait_for(fifth.wait(), 2.0)
+    assert len(origins) == 1  # never set again while on the grid
+    assert all(t >= start + k * period for k, t in enumerate(woke))  # never before its point
+    await asyncio.sleep(4 * period)
+    assert len(woke) == 5  # the one-shot replaced the repeating grid
+    waker.close()
+
+
+async def test_a_grid_point_before_the_requested_time_starts_a_new_grid() -> None:
+    loop = asyncio.get_running_loop()
+    woke: list[float] = []
+    waker = TimerFdWaker(loop, lambda: woke.append(loop.time()))
+    waker.arm_on_grid(loop.time(), loop.time() + 0.05, 0.05)
+    later = loop.time() + 0.02
+    waker.arm_on_grid(later, later, 0.001)  # another period: a new grid, first point `later`
+    await asyncio.sleep(0.01)
+    assert woke == []
+    waker.arm_on_grid(loop.time() + 0.5, loop.time() + 0.5, 0.001)  # the grid's next point
+    await asyncio.sleep(0.03)  # comes too soon for this time: a new grid from it
+    assert woke == []
+    waker.close()
+
+
 async def test_closing_the_scheduler_closes_the_descriptor() -> None:
     scheduler = Scheduler(asyncio.get_running_loop(), wakeup="precise")
     assert scheduler._waker is not None
