@@ -31,6 +31,7 @@ ORDER = [
     "naive-sleep",
     "abs-sleep",
     "apscheduler3",
+    "apscheduler3-thread",
     "aioclock",
 ]
 KEY = {"reference", "gatebeat", "gatebeat-loop", "gatebeat+prom"}
@@ -42,9 +43,10 @@ LABEL = {
     "naive-sleep": "naive sleep(interval)",
     "abs-sleep": "task sleep to deadline",
     "apscheduler3": "APScheduler 3",
+    "apscheduler3-thread": "APScheduler 3 plain fn",
     "aioclock": "aioclock Every",
 }
-SLOW_ORDER = ("apscheduler3", "aioclock")
+SLOW_ORDER = ("apscheduler3", "apscheduler3-thread", "aioclock")
 METRICS = ("p50", "p99", "max", "drift", "cpu_us", "mem")
 
 
@@ -227,11 +229,13 @@ def summarize(results: dict[tuple[str, Config, str], dict[str, Any]], loops: lis
                     ratio = s["cpu_us"] / g["cpu_us"]
                     target = f"T5 >= 20x less CPU/tick than {slow} ({impl})"
                     track(target, -ratio, where)  # worst = smallest advantage
+                    # Where the loop's wake-ups dominate, the floor itself is far from 20x.
+                    floor = f"; reference {s['cpu_us'] / ref['cpu_us']:.1f}x" if ref else ""
                     check(
                         target,
                         ratio >= 20,
                         f"{where}: {fmt(s['cpu_us'], 1)} vs {fmt(g['cpu_us'], 1)} us "
-                        f"({ratio:.1f}x)",
+                        f"({ratio:.1f}x{floor})",
                     )
             if cfg.n in (1, 100):
                 for impl in ("gatebeat", "gatebeat-loop", "reference"):
