@@ -35,6 +35,10 @@ class Impl:
     """Base: ``prepare`` builds shared infrastructure once, ``start`` N timers, ``stop`` all."""
 
     slow = False  # a third-party library whose setup/ticks cost 100x more: bigger time budget
+    # FIXED with skips (gatebeat): a tick that starts after the next grid point(s) skips them,
+    # so the tick after one at time t serves the first grid point after t. Otherwise every
+    # grid point gets a tick, late ones back to back (the k-th tick serves grid point k).
+    skips_passed_ticks = False
 
     async def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -138,6 +142,8 @@ class ReferenceHeap(Impl):
 
 
 class Gatebeat(Impl):
+    skips_passed_ticks = True
+
     """``service.Timer`` FIXED, sync callback (runs inline), optionally a Prometheus observer.
 
     The wake-up mode (``GATEBEAT_WAKEUP``) is set by the parent in the child's environment.
@@ -146,6 +152,8 @@ class Gatebeat(Impl):
     harness's grid; timers due together then share exactly the same due times, as a gateway's
     aligned heartbeats do. The grid actually used is read back from ``statistics().next_due``.
     """
+
+    skips_passed_ticks = True
 
     def __init__(self, prometheus: bool) -> None:
         self.prometheus = prometheus
@@ -362,6 +370,37 @@ def _phases(n: int, interval: float, mode: str) -> list[float]:
     return [i * interval / n for i in range(n)]
 
 
+def match_ticks(
+    ts: list[float],
+    anchor: float,
+    interval: float,
+    k0: int,
+    k1: int,
+    t_stop: float,
+    skips: bool,
+) -> tuple[list[float], int]:
+    """Lateness (s) of the ticks serving grid points ``k0..k1``, and the points skipped there.
+
+    ``ts`` are one timer's tick times from its first grid point (``anchor``) on. Without
+    skips the k-th tick serves grid point k. With skips (FIXED), the tick after one at time t
+    serves the first grid point after t: the points that passed meanwhile were skipped.
+    """
+    lateness: list[float] = []
+    skipped = 0
+    k = 0  # the grid point the next tick serves
+    for t in ts:
+        if k > k1 or t > t_stop:
+            break
+        if k >= k0:
+            lateness.append(t - (anchor + k * interval))
+        following = k + 1
+        if skips:
+            following = max(following, math.floor((t - anchor) / interval) + 1)
+            skipped += max(0, min(following, k1 + 1) - max(k + 1, k0))
+        k = following
+    return lateness, skipped
+
+
 async def _timing(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     name, n, interval, seconds = spec["impl"], spec["n"], spec["interval"], spec["seconds"]
@@ -403,24 +442,20 @@ async def _timing(spec: dict[str, Any]) -> dict[str, Any]:
 
     lateness: list[float] = []
     last_lateness: list[float] = []
-    due = delivered = early = cpu_ticks = 0
+    due = delivered = early = cpu_ticks = skipped = 0
     for anchor, ts in zip(anchors, times, strict=True):
         cpu_ticks += sum(1 for t in ts if t_begin <= t <= t_stop)
-        # grid points in (begin, cut]; the k-th recorded tick is matched with grid point k
+        # grid points in (begin, cut], each matched with the tick that served it
         k0 = 0 if anchor > t_begin else math.floor((t_begin - anchor) / interval) + 1
         k1 = math.floor((t_cut - anchor) / interval)  # last grid point <= cut
         due += max(0, k1 - k0 + 1)
-        last = None
-        for k in range(k0, min(k1 + 1, len(ts))):
-            if ts[k] > t_stop:
-                break
-            late = ts[k] - (anchor + k * interval)
-            lateness.append(late)
-            early += late < 0
-            delivered += 1
-            last = late
-        if last is not None:
-            last_lateness.append(last)
+        lates, passed = match_ticks(ts, anchor, interval, k0, k1, t_stop, impl.skips_passed_ticks)
+        lateness.extend(lates)
+        early += sum(late < 0 for late in lates)
+        delivered += len(lates)
+        skipped += passed
+        if lates:
+            last_lateness.append(lates[-1])
     cpu = max(0.0, (c_stop - c_begin) - idle_wake)
     lateness.sort()
 
@@ -436,6 +471,7 @@ async def _timing(spec: dict[str, Any]) -> dict[str, Any]:
         "min": lateness[0] * 1e3 if lateness else None,
         "due": due,
         "delivered": delivered,
+        "skipped": skipped,
         "early": early,
         "drift": statistics.median(last_lateness) * 1e3 if last_lateness else None,
         "cpu_us": cpu / cpu_ticks * 1e6 if cpu_ticks else None,

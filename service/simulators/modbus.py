@@ -47,6 +47,7 @@ __all__ = [
 _BLOCK = {"coil": "c", "discrete": "d", "holding": "h", "input": "i"}
 _TABLE_OF_FUNCTION = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 6: "holding",
                       15: "coil", 16: "holding"}  # fmt: skip
+_WRITE_FUNCTIONS = frozenset({5, 6, 15, 16, 22, 23})
 
 
 @dataclass
@@ -333,7 +334,9 @@ class ModbusSimulator:
         self, unit: int, function_code: int, _start: int, _address: int, _count: int,
         _registers: list[int], _values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:  # fmt: skip
-        if self.delay > 0:
+        # pymodbus checks a write twice (the write, then the read-back of what it wrote): hold
+        # the request back once, on the write.
+        if self.delay > 0 and (_values is not None or function_code not in _WRITE_FUNCTIONS):
             await asyncio.sleep(self.delay)
         for key in (unit, None):
             failure = self._failures.get(key)

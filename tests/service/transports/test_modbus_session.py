@@ -109,6 +109,24 @@ async def test_all_tables_and_scaling() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
+async def test_a_slow_simulator_holds_a_write_back_once_like_a_read() -> None:
+    async with ModbusSimulator() as sim:
+        port = await sim.start_tcp()
+        session = ModbusSession(
+            tcp(port, timeout=5.0), device="plc", unit_id=1, bus=Bus("b"), writable=[("holding", 7)]
+        )
+        sim.delay = 2.0
+        await session.write("holding", 7, 1)
+        await session.read_raw("holding", 7, 1)
+        assert [(e.function_code, e.answered - e.received) for e in sim.exchanges] == [
+            (6, pytest.approx(2.0, abs=0.01)),  # not 4 s: pymodbus checks a write twice
+            (3, pytest.approx(2.0, abs=0.01)),
+        ]
+        await session.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
 async def test_writes_only_what_is_declared() -> None:
     async with ModbusSimulator() as sim:
         port = await sim.start_tcp()
