@@ -148,7 +148,7 @@ class Timer:
         self._schedule = schedule
         # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).
         self._fixed = fixed = schedule if type(schedule) is FixedSchedule else None
-        self._grid_phase = fixed.phase if fixed is not None else 0.0  # copies: one cache line
+        self._grid_phase = fixed.phase if fixed is not None else 0.0  # copied: one object less
         self._grid_interval = fixed.interval if fixed is not None else 0.0
         self._timeout = (
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
