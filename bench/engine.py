@@ -296,6 +296,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="measured window per row")
     parser.add_argument("--impls", default=",".join(ORDER), help="comma-separated subset")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the gatebeat/ref rows")
+    parser.add_argument(
+        "--repeat-all", action="store_true", help="repeat every implementation, not only those"
+    )
     parser.add_argument("--json", help="also write all raw results to this file")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -322,7 +325,7 @@ def main() -> None:
         for rep in range(args.repeat):
             for loop in loops:
                 for impl in chosen:
-                    if rep and impl not in KEY:
+                    if rep and impl not in KEY and not args.repeat_all:
                         continue
                     if args.quick and impl in impls.SLOW and cfg.n >= 10000:
                         raw[(loop, cfg, impl)] = [{"error": "skipped in --quick (run full)"}]
