@@ -142,8 +142,6 @@ class ReferenceHeap(Impl):
 
 
 class Gatebeat(Impl):
-    skips_passed_ticks = True
-
     """``service.Timer`` FIXED, sync callback (runs inline), optionally a Prometheus observer.
 
     The wake-up mode (``GATEBEAT_WAKEUP``) is set by the parent in the child's environment.

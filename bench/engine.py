@@ -110,6 +110,11 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def skips(r: dict[str, Any]) -> int:
+    """Grid points in the window that gatebeat skipped and counted (the worst of the runs)."""
+    return int(r.get("skipped_any", r.get("skipped", 0)))
+
+
 def unaccounted(r: dict[str, Any]) -> int:
     """Grid points in the window with neither a tick nor a skip the engine counted."""
     return int(r["due"] - r["delivered"] - r.get("skipped", 0))
@@ -149,8 +154,8 @@ def print_table(rows: list[tuple[str, Config, str, dict[str, Any]]]) -> None:
             notes.append(r["info"])
         if r.get("runs", 1) > 1:
             notes.append(f"median of {r['runs']}")
-        if r.get("skipped_any", r.get("skipped", 0)):
-            notes.append(f"skipped {r.get('skipped_any', r.get('skipped'))} in window (stall)")
+        if skips(r):
+            notes.append(f"skipped {skips(r)} in window (stall)")
         if r.get("early_any", r["early"]):
             notes.append(f"EARLY ticks={r.get('early_any', r['early'])}")
         if r.get("late_setup"):
@@ -195,10 +200,9 @@ def summarize(results: dict[tuple[str, Config, str], dict[str, Any]], loops: lis
                     continue
                 missing = g.get("missing_any", unaccounted(g))
                 early = g.get("early_any", g["early"])
-                if g.get("skipped_any", g.get("skipped", 0)):
+                if skips(g):
                     note = "  (ticks skipped in a stall and counted by the engine, FIXED)"
-                    count = g.get("skipped_any", g.get("skipped"))
-                    lines.setdefault(note, []).append(f"{impl} {where}: {count}")
+                    lines.setdefault(note, []).append(f"{impl} {where}: {skips(g)}")
                 drift_ok = g["drift"] is not None and g["drift"] < max(5.0, 3 * g["p99"])
                 check(
                     "T4 no drift, no missing ticks",
