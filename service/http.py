@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import hmac
 import html
+import io
 import ipaddress
 import json
 import logging
@@ -34,6 +35,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from service.scrape_gate import ScrapeGate
 
 __all__ = ["Exporter", "ExporterError", "HealthCheck", "parse_listen"]
 
@@ -78,6 +81,8 @@ class Exporter:
         tls_key: PEM private key file (omit if it is in ``tls_cert``).
         basic_auth: ``(user, secret)``; secret is the password or ``"sha256:<hex digest>"``.
         auth_healthz: also require credentials for ``/healthz``.
+        render_gate: renders ``/metrics`` only in gaps between ticks (the runner passes one
+            for its event loop's engine; see :mod:`service.scrape_gate`).
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class Exporter:
         tls_key: str | Path | None = None,
         basic_auth: tuple[str, str] | None = None,
         auth_healthz: bool = True,
+        render_gate: ScrapeGate | None = None,
     ) -> None:
         self._host, self._port = parse_listen(listen)
         self._listen = listen
@@ -109,6 +115,7 @@ class Exporter:
             _check_secret(secret, listen)
         self._basic_auth = basic_auth
         self._auth_healthz = auth_healthz
+        self._render_gate = render_gate
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -251,6 +258,12 @@ class _Server(ThreadingHTTPServer):
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        gate = self.exporter._render_gate
+        if gate is not None:
+            gate.wait_for_gap()  # starting the connection's thread takes the GIL too
+        super().process_request(request, client_address)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(_CONNECTION_TIMEOUT)
         if self.tls is None:
@@ -288,6 +301,22 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gatebeat"
     timeout = _CONNECTION_TIMEOUT
+
+    def handle_one_request(self) -> None:
+        gate = self.server.exporter._render_gate
+        rfile = self.rfile
+        if gate is None or not isinstance(rfile, io.BufferedReader):
+            super().handle_one_request()
+            return
+        try:  # wait for the request without holding the GIL, then for a gap between ticks
+            arrived = rfile.peek(1)
+        except OSError:
+            arrived = b""  # a timeout or reset: the request's own read reports it
+        if not arrived:
+            super().handle_one_request()
+            return
+        with gate.between_ticks():
+            super().handle_one_request()
 
     def do_GET(self) -> None:
         self._dispatch(head=False)

@@ -32,6 +32,7 @@ from service.http import Exporter, ExporterError
 from service.journal import EventJournal
 from service.metrics import MetricsHub
 from service.scheduler import Scheduler
+from service.scrape_gate import ScrapeGate
 from service.settings import GatebeatSettings
 from service.settings_devices import gap_of
 from service.systemd import SystemdNotifier
@@ -66,7 +67,7 @@ async def serve(
     """
     loop = asyncio.get_running_loop()
     runtime = settings.runtime
-    Scheduler.for_loop(loop, wakeup=runtime.wakeup)
+    scheduler = Scheduler.for_loop(loop, wakeup=runtime.wakeup)
     stop = stop or asyncio.Event()
     if handle_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -119,6 +120,7 @@ async def serve(
             if metrics.basic_auth_user and password is not None
             else None
         ),
+        render_gate=ScrapeGate(scheduler.next_wake, scheduler.clock),
     )
     try:
         await exporter.start()

@@ -142,6 +142,15 @@ class Scheduler:
             count += len(item) if isinstance(item, list) else 1
         return count
 
+    def next_wake(self) -> float:
+        """When the engine next needs the loop, on :attr:`clock` (seconds).
+
+        ``-inf`` while it is running ticks, ``inf`` when nothing is armed. Safe to call from
+        any thread: a hint read without a lock, for work that should keep out of the ticks'
+        way (the exporter's renders, :mod:`service.scrape_gate`).
+        """
+        return -math.inf if self._dispatching else self._handle_when
+
     def schedule(self, when: float, item: _Schedulable) -> None:
         """Run ``item._fire(when, now)`` once the clock reaches ``when`` (if its token holds)."""
         if when == self._fill_when:
@@ -203,6 +212,7 @@ class Scheduler:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._dispatching = True  # first: next_wake() must not read "nothing armed" now
         self._handle_when = math.inf
         heap = self._heap
         heappop = heapq.heappop
@@ -211,7 +221,6 @@ class Scheduler:
         woke = now
         ran = False
         barrier = next(self._sequence)
-        self._dispatching = True
         try:
             while heap:
                 when, sequence, item, token = heap[0]

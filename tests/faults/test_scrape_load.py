@@ -104,6 +104,10 @@ def _lateness(metrics: Samples) -> list[tuple[float, float]]:
     return [(le, ca + cb) for (le, ca), (_, cb) in zip(a, b, strict=True)]
 
 
+def _show(cumulative: list[tuple[float, float]]) -> str:
+    return " ".join(f"{le * 1000:g}:{count:.0f}" for le, count in cumulative[:8])
+
+
 @pytest.mark.e2e
 @pytest.mark.realtime
 @pytest.mark.asyncio
@@ -161,6 +165,8 @@ async def test_scraping_100_per_second_keeps_heartbeat_p99(tmp_path: Path) -> No
         f"loaded={loaded_p99 * 1000:.3f} ms; above 10 ms idle={count_above(idle, 0.01):.0f} "
         f"loaded={count_above(loaded, 0.01):.0f}"
     )
+    print(f"idle buckets (le ms: cumulative): {_show(idle)}")
+    print(f"loaded buckets (le ms: cumulative): {_show(loaded)}")
     assert code == 0
     assert load["failed"] == 0 and load["ok"] == RATE * LOAD_SECONDS
     assert load["seconds"] < LOAD_SECONDS * 1.2, "the scraper kept (roughly) its 100/s pace"
