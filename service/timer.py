@@ -77,40 +77,18 @@ class Timer:
         TypeError: ``callback`` is not callable.
     """
 
-    # Slots: the tick path reads and writes about twenty of these per tick.
-    __slots__ = (
-        "__weakref__",
-        "_callback",
-        "_current",
-        "_error_streak",
-        "_errors",
-        "_fixed",
-        "_grid_interval",
-        "_grid_phase",
-        "_inflight",
-        "_inflight_busy",
-        "_last_duration",
-        "_last_lateness",
-        "_lean",
-        "_max_lateness",
-        "_name",
-        "_observers",
-        "_overruns",
-        "_pending_skipped",
-        "_policy",
-        "_run_in_thread",
-        "_running",
-        "_schedule",
-        "_scheduler",
-        "_skipped",
-        "_slot",
-        "_task_spec",
-        "_ticks",
-        "_timeout",
-        "_timeouts",
-        "_token",
-        "_waiters",
+    # Slots, in this order on purpose: the first sixteen are what a tick reads and writes, kept
+    # together so that a tick touches three cache lines of the timer instead of five.
+    # fmt: off
+    __slots__ = (  # noqa: RUF023
+        "_inflight_busy", "_scheduler", "_slot", "_token", "_run_in_thread", "_callback",
+        "_lean", "_grid_phase", "_grid_interval", "_ticks", "_last_due", "_last_started",
+        "_last_finished", "_max_lateness", "_observers", "_pending_skipped",
+        "__weakref__", "_current", "_error_streak", "_errors", "_fixed", "_inflight", "_name",
+        "_overruns", "_policy", "_running", "_schedule", "_skipped", "_task_spec", "_timeout",
+        "_timeouts", "_waiters",
     )
+    # fmt: on
 
     def __init__(
         self,
@@ -176,9 +154,12 @@ class Timer:
         self._error_streak = 0
         # The inline completion in _fire applies (FIXED, in the loop, no failure streak).
         self._lean = self._fixed is not None and not run_in_thread
-        self._last_lateness: float | None = None
+        # The last tick's times, as the very float objects the tick produced: lateness and
+        # duration are computed when asked, so a tick allocates no float for them.
+        self._last_due: float | None = None
+        self._last_started = 0.0
+        self._last_finished = 0.0
         self._max_lateness = -math.inf
-        self._last_duration: float | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -288,15 +269,16 @@ class Timer:
 
     def statistics(self) -> TimerStatistics:
         """A frozen snapshot of the counters."""
+        last_due = self._last_due
         return TimerStatistics(
             ticks=self._ticks,
             overruns=self._overruns,
             skipped=self._skipped,
             errors=self._errors,
             timeouts=self._timeouts,
-            last_lateness=self._last_lateness,
+            last_lateness=None if last_due is None else self._last_started - last_due,
             max_lateness=None if self._max_lateness == -math.inf else self._max_lateness,
-            last_duration=self._last_duration,
+            last_duration=None if last_due is None else self._last_finished - self._last_started,
             running=self._running,
             in_flight=self._inflight_busy,
             next_due=self._slot[1] if (self._running and self._slot is not None) else None,
@@ -350,8 +332,9 @@ class Timer:
         next_due = origin + self._grid_phase + number * self._grid_interval
         lateness = started - due
         self._ticks += 1
-        self._last_lateness = lateness
-        self._last_duration = finished - started
+        self._last_due = due
+        self._last_started = started
+        self._last_finished = finished
         if lateness > self._max_lateness:
             self._max_lateness = lateness
         if self._observers:
@@ -369,7 +352,8 @@ class Timer:
         if next_due == scheduler._fill_when:
             fill = scheduler._fill
             if fill is not None:
-                fill.append((self, token))
+                fill.append(self)
+                fill.append(token)
             else:
                 scheduler.schedule(next_due, self)  # the second timer due then opens a bucket
         else:
@@ -429,8 +413,9 @@ class Timer:
         self._ticks += 1
         if overrun:
             self._overruns += 1
-        self._last_lateness = lateness
-        self._last_duration = finished - started
+        self._last_due = slot[1]
+        self._last_started = started
+        self._last_finished = finished
         if lateness > self._max_lateness:
             self._max_lateness = lateness
         if outcome is Outcome.OK:
