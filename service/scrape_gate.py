@@ -5,8 +5,8 @@ so a render (about a millisecond of Python for a small gateway) holds the GIL. A
 whose wake-up comes during a render waits for the GIL: up to the switch interval, and on a
 busy two-core box, where the kernel queues the woken loop thread behind the render thread,
 a millisecond or two more. Measured on this project's scrape-load test (100 scrapes a second
-against two 20 ms heartbeats): when the scrapes happened to land just before the ticks, a
-third of the ticks started more than 1 ms late.
+against two 20 ms heartbeats): when the scrapes happened to land just before the ticks, up to
+a third of the ticks started more than 1 ms late.
 
 :class:`ScrapeGate` holds a render back until the engine's next wake-up is further away than
 a render takes (the slowest of the last few renders, plus a margin), so the render and the
@@ -36,6 +36,9 @@ DEFAULT_DENSE_PAUSE = 10.0
 """Seconds the gate stops waiting after a wait found no gap (a schedule too dense for it)."""
 _RECENT_RENDERS = 8
 _FIRST_RENDER_GUESS = 0.002  # seconds, until a render has been timed
+# Seconds: a request timed longer than this (a slow client reading its answer) counts as this
+# long, so that one slow client does not make the gate look for gaps no schedule has.
+_LONGEST_EXPECTED = 0.01
 _RECHECK = 0.0002  # seconds between looks while the engine is dispatching
 
 
@@ -84,7 +87,7 @@ class ScrapeGate:
 
     @property
     def expected_render(self) -> float:
-        """Seconds a request is expected to take: the slowest of the last few."""
+        """Seconds a request is expected to take: the slowest of the last few (at most 10 ms)."""
         with self._lock:
             return max(self._recent, default=_FIRST_RENDER_GUESS)
 
@@ -128,4 +131,4 @@ class ScrapeGate:
         finally:
             took = self._clock() - began
             with self._lock:
-                self._recent.append(took)
+                self._recent.append(min(took, _LONGEST_EXPECTED))

@@ -88,17 +88,25 @@ def test_with_no_gap_it_gives_up_after_max_wait_then_stops_waiting_for_a_while()
 def test_the_gap_needed_is_the_slowest_recent_request_plus_the_margin() -> None:
     now = [100.0]
     next_wake = [100.0 + 10.0]
-    gate = ScrapeGate(lambda: next_wake[0], lambda: now[0], margin=0.5)
-    for took in (0.2, 0.3, 0.1):
+    gate = ScrapeGate(lambda: next_wake[0], lambda: now[0], margin=0.0005)
+    for took in (0.002, 0.003, 0.001):
         with gate.between_ticks():
             now[0] += took
-    assert gate.expected_render == pytest.approx(0.3)
-    next_wake[0] = now[0] + 0.81  # more than 0.3 + 0.5: no wait
+    assert gate.expected_render == pytest.approx(0.003)
+    next_wake[0] = now[0] + 0.0036  # more than 3 ms + 0.5 ms: no wait
     assert gate.wait_for_gap() == 0.0
     with gate.between_ticks():
-        now[0] += 0.45
-    assert gate.expected_render == pytest.approx(0.45)
+        now[0] += 0.0045
+    assert gate.expected_render == pytest.approx(0.0045)
     assert gate.waited == 0
+
+
+def test_a_slow_client_counts_as_a_10_ms_request_at_most() -> None:
+    now = [100.0]
+    gate = ScrapeGate(lambda: now[0] + 60.0, lambda: now[0])
+    with gate.between_ticks():
+        now[0] += 5.0  # a client that took 5 s to read its answer
+    assert gate.expected_render == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("field", ["max_wait", "margin", "dense_pause"])
