@@ -155,3 +155,28 @@ async def test_the_exporter_holds_a_scrape_until_the_engine_has_a_gap() -> None:
         assert await asyncio.wait_for(fetch, BOUND) == 200
     finally:
         await exporter.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_loop_stuck_in_a_tick_delays_a_scrape_by_max_wait_at_most() -> None:
+    """The watchdog's case: ticks never finish, and /healthz must still answer."""
+    engine = Engine(-math.inf)  # dispatching, forever
+    gate = ScrapeGate(engine.next_wake, max_wait=0.05)
+    exporter = Exporter("127.0.0.1:0", CollectorRegistry(), render_gate=gate)
+    await exporter.start()
+    try:
+        began = time.monotonic()
+        status = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{exporter.url}/healthz", timeout=BOUND).status
+        )
+        assert status == 200
+        assert time.monotonic() - began < BOUND
+        assert gate.gave_up >= 1
+        # connection and request each waited up to 50 ms, then the gate stopped waiting
+        second = time.monotonic()
+        await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{exporter.url}/metrics", timeout=BOUND).read()
+        )
+        assert time.monotonic() - second < BOUND
+    finally:
+        await exporter.stop()
