@@ -191,9 +191,9 @@ class Scheduler:
         """Live entries in no particular order (for diagnostics)."""
         for when, _, item, token in self._heap:
             entries: _Bucket = [item, token] if token != _BUCKET else item  # type: ignore[list-item,assignment]
-            for timer, timer_token in zip(entries[::2], entries[1::2], strict=True):
-                if timer_token == timer._token:  # type: ignore[union-attr]
-                    yield when, timer  # type: ignore[misc]
+            for timer, timer_token in _pairs(entries):
+                if timer_token == timer._token:
+                    yield when, timer
 
     def _arm(self, when: float) -> None:
         self._handle_when = when
@@ -277,11 +277,14 @@ def _stale(entry: tuple[float, int, _Schedulable | _Bucket, int]) -> bool:
     _, _, item, token = entry
     if token != _BUCKET:
         return token != item._token  # type: ignore[union-attr]
-    flat: _Bucket = item  # type: ignore[assignment]
-    return all(
-        timer_token != timer._token  # type: ignore[union-attr]
-        for timer, timer_token in zip(flat[::2], flat[1::2], strict=True)
-    )
+    return all(timer_token != timer._token for timer, timer_token in _pairs(item))  # type: ignore[arg-type]
+
+
+def _pairs(bucket: _Bucket) -> Iterator[tuple[_Schedulable, int]]:
+    """A flat bucket's ``(timer, token)`` pairs, without copying it (a bucket can be 10,000
+    timers long, and :func:`_stale` usually decides on the first pair)."""
+    entries = iter(bucket)
+    return zip(entries, entries, strict=False)  # type: ignore[arg-type]
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
