@@ -25,6 +25,7 @@ import _engine_impls as impls
 
 ORDER = [
     "reference",
+    "reference-precise",
     "gatebeat",
     "gatebeat-loop",
     "gatebeat+prom",
@@ -34,9 +35,10 @@ ORDER = [
     "apscheduler3-thread",
     "aioclock",
 ]
-KEY = {"reference", "gatebeat", "gatebeat-loop", "gatebeat+prom"}
+KEY = {"reference", "reference-precise", "gatebeat", "gatebeat-loop", "gatebeat+prom"}
 LABEL = {
     "reference": "reference heap+call_at",
+    "reference-precise": "reference heap+timerfd",
     "gatebeat": "gatebeat (auto=precise)",
     "gatebeat-loop": "gatebeat (WAKEUP=loop)",
     "gatebeat+prom": "gatebeat +prometheus",
@@ -229,6 +231,13 @@ def summarize(results: dict[tuple[str, Config, str], dict[str, Any]], loops: lis
                     f"{where}: {fmt(g['cpu_us'], 1)} vs {fmt(ref['cpu_us'], 1)} us ({ratio:.1f}x)",
                 )
             g = get(loop, cfg, "gatebeat")
+            refp = get(loop, cfg, "reference-precise")
+            if g is not None and ref is not None and refp is not None:
+                # gatebeat precise / reference = (its wake-ups' share) x (the engine's share)
+                lines.setdefault("  (precise CPU/tick = wake-ups x engine)", []).append(
+                    f"{where}: {refp['cpu_us'] / ref['cpu_us']:.2f}x * "
+                    f"{g['cpu_us'] / refp['cpu_us']:.2f}x"
+                )
             if g is not None and cfg.n == 10000 and cfg.mode == "spread":
                 for impl in ("gatebeat", "gatebeat-loop"):
                     gi = get(loop, cfg, impl)
