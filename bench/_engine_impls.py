@@ -151,19 +151,20 @@ class ReferencePrecise(ReferenceHeap):
     """
 
     def start(self, firsts: list[float], interval: float, rec: list[Recorder]) -> list[float]:
+        from service.scheduler import PRECISE_SLACK
         from service.wakeup import TimerFdWaker
 
         self.waker = TimerFdWaker(self.loop, self._wake)
+        self.slack = PRECISE_SLACK
         self.last_run = -math.inf
         return super().start(firsts, interval, rec)
 
     def _arm(self, when: float) -> None:
-        from service.scheduler import PRECISE_SLACK
-
         self.handle_when = when
-        floor = self.last_run + PRECISE_SLACK
+        slack = self.slack
+        floor = self.last_run + slack
         if when < floor:
-            self.waker.arm_on_grid(when, floor, PRECISE_SLACK)
+            self.waker.arm_on_grid(when, floor, slack)
         else:
             self.waker.arm(when)
 
