@@ -148,6 +148,8 @@ class ReferencePrecise(ReferenceHeap):
     (this row against the reference) and what the engine adds on top (gatebeat against this
     row). A wake-up that ran ticks is followed by the next one no sooner than
     ``PRECISE_SLACK`` later, on the repeating grid, exactly as ``Scheduler._arm`` does.
+    Its tick loop repeats the reference's on purpose: splitting the reference's ``_wake`` into
+    shared helpers would add calls to every wake-up of the floor this row is measured against.
     """
 
     def start(self, firsts: list[float], interval: float, rec: list[Recorder]) -> list[float]:
