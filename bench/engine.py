@@ -452,8 +452,7 @@ def main() -> None:
                         flush=True,
                     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{"key": [k[0], vars(k[1]), k[2]], "runs": v} for k, v in raw.items()], f)
+        save_runs(args.json, raw)
     report(raw)
     print(f"\n# total {time.monotonic() - started:.0f} s, load now {os.getloadavg()[0]:.1f}")
 
@@ -474,6 +473,12 @@ def report(raw: dict[tuple[str, Config, str], list[dict[str, Any]]]) -> None:
     print()
     print_table(rows)
     summarize(results, loops, raw)
+
+
+def save_runs(path: str, raw: dict[tuple[str, Config, str], list[dict[str, Any]]]) -> None:
+    """Write every raw run (``--json``), for :func:`load_runs` (``--report``)."""
+    with open(path, "w") as f:
+        json.dump([{"key": [k[0], vars(k[1]), k[2]], "runs": v} for k, v in raw.items()], f)
 
 
 def load_runs(path: str) -> dict[tuple[str, Config, str], list[dict[str, Any]]]:
