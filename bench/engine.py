@@ -60,6 +60,10 @@ class Config:
     seconds: float
 
 
+Runs = dict[tuple[str, Config, str], list[dict[str, Any]]]
+"""Every run of every row, keyed by (loop, configuration, implementation), in repeat order."""
+
+
 def configs(args: argparse.Namespace) -> list[Config]:
     sizes = [int(s) for s in args.sizes.split(",")]
     long_s, short_s = args.seconds, min(args.seconds, 3.0 if not args.quick else 2.0)
@@ -189,7 +193,7 @@ def print_table(rows: list[tuple[str, Config, str, dict[str, Any]]]) -> None:
 
 
 def paired_cpu_ratios(
-    raw: dict[tuple[str, Config, str], list[dict[str, Any]]],
+    raw: Runs,
     loop: str,
     cfg: Config,
     impl: str,
@@ -225,14 +229,13 @@ def cpu_ratio(ratios: list[float], medians_ratio: float) -> tuple[float, str]:
 def summarize(
     results: dict[tuple[str, Config, str], dict[str, Any]],
     loops: list[str],
-    raw: dict[tuple[str, Config, str], list[dict[str, Any]]] | None = None,
+    raw: Runs,
 ) -> None:
     """One line per target of issue 2 section 4, checked against the reference of the same run.
 
     CPU ratios (T3, and the wake-ups x engine split) are the median of the per-repeat ratios
     when the run has repeats (see :func:`paired_cpu_ratios`), else the plain ratio.
     """
-    raw = raw or {}
 
     def get(loop: str, cfg: Config, impl: str) -> dict[str, Any] | None:
         r = results.get((loop, cfg, impl))
@@ -424,7 +427,7 @@ def main() -> None:
         f"(10 ms rows: {cfgs[-1].seconds:g} s), repeat {args.repeat}",
         flush=True,
     )
-    raw: dict[tuple[str, Config, str], list[dict[str, Any]]] = {}
+    raw: Runs = {}
     for cfg in cfgs:
         for rep in range(args.repeat):
             for loop in loops:
@@ -457,11 +460,12 @@ def main() -> None:
     print(f"\n# total {time.monotonic() - started:.0f} s, load now {os.getloadavg()[0]:.1f}")
 
 
-def report(raw: dict[tuple[str, Config, str], list[dict[str, Any]]]) -> None:
+def report(raw: Runs) -> None:
     """Print the table and the target check for these runs (in the order they were measured)."""
     loops = list(dict.fromkeys(loop for loop, _, _ in raw))
     cfgs = list(dict.fromkeys(cfg for _, cfg, _ in raw))
-    chosen = [impl for impl in ORDER if any(i == impl for _, _, i in raw)]
+    present = {impl for _, _, impl in raw}
+    chosen = [impl for impl in ORDER if impl in present]
     results = {key: merge(values) for key, values in raw.items()}
     rows = [
         (loop, cfg, impl, results[(loop, cfg, impl)])
@@ -475,13 +479,13 @@ def report(raw: dict[tuple[str, Config, str], list[dict[str, Any]]]) -> None:
     summarize(results, loops, raw)
 
 
-def save_runs(path: str, raw: dict[tuple[str, Config, str], list[dict[str, Any]]]) -> None:
+def save_runs(path: str, raw: Runs) -> None:
     """Write every raw run (``--json``), for :func:`load_runs` (``--report``)."""
     with open(path, "w") as f:
         json.dump([{"key": [k[0], vars(k[1]), k[2]], "runs": v} for k, v in raw.items()], f)
 
 
-def load_runs(path: str) -> dict[tuple[str, Config, str], list[dict[str, Any]]]:
+def load_runs(path: str) -> Runs:
     """The raw runs a ``--json`` file holds, keyed as :func:`main` keys them."""
     with open(path) as f:
         saved = json.load(f)

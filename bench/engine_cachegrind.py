@@ -1,4 +1,4 @@
-"""Per-tick cost of the engine's dispatch, counted by cachegrind on a fake clock: deterministic.
+"""Per-tick cost of the engine's dispatch, counted by cachegrind on a fake clock: repeatable.
 
 CPU per tick measured in real time moves by 30 % and more between runs on a shared VM (see
 bench/README.md, "Noise"), which hides any change smaller than that. This script counts instead:
@@ -96,8 +96,8 @@ def _drive(impl: str, n: int, interval: float, mode: str, seconds: float, step: 
     return ticks[0]
 
 
-def _cachegrind(argv: list[str], ll: int, out: str) -> dict[str, int]:
-    """Run ``argv`` under cachegrind; the whole run's event totals."""
+def _cachegrind(argv: list[str], ll: int, out: str) -> tuple[int, dict[str, int]]:
+    """Run the driver ``argv`` under cachegrind: the ticks it delivered, the run's totals."""
     cmd = [
         "valgrind",
         "--tool=cachegrind",
@@ -106,7 +106,8 @@ def _cachegrind(argv: list[str], ll: int, out: str) -> dict[str, int]:
         f"--cachegrind-out-file={out}",
         *argv,
     ]
-    subprocess.run(cmd, check=True, capture_output=True)
+    stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    ticks = int(re.findall(r"ticks=(\d+)", stdout)[-1])
     events: list[str] = []
     totals: list[int] = []
     with open(out) as f:
@@ -115,7 +116,7 @@ def _cachegrind(argv: list[str], ll: int, out: str) -> dict[str, int]:
                 events = line.split()[1:]
             elif line.startswith("summary:"):
                 totals = [int(v) for v in line.split()[1:]]
-    return dict(zip(events, totals, strict=True))
+    return ticks, dict(zip(events, totals, strict=True))
 
 
 def main() -> None:
@@ -164,11 +165,8 @@ def main() -> None:
                     impl,
                     str(seconds),
                 ]
-                ticks = int(
-                    re.findall(r"ticks=(\d+)", subprocess.check_output(child, text=True))[-1]
-                )
-                totals = _cachegrind(child, args.ll, os.path.join(tmp, f"{impl}.{seconds}"))
-                runs.append((ticks, totals))
+                out = os.path.join(tmp, f"{impl}.{seconds}")
+                runs.append(_cachegrind(child, args.ll, out))
             (t1, a), (t3, b) = runs
             per = {key: (b[key] - a[key]) / (t3 - t1) for key in a}
             misses_d1 = per["D1mr"] + per["D1mw"]
