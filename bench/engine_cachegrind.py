@@ -44,6 +44,8 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
 def _drive(impl: str, n: int, interval: float, mode: str, seconds: float, step: float) -> int:
     """Run ``n`` timers for ``LEAD + seconds`` fake seconds; return the ticks delivered."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _engine_impls
+
     ticks = [0]
 
     def recorder() -> Callable[[], None]:
@@ -59,27 +61,22 @@ def _drive(impl: str, n: int, interval: float, mode: str, seconds: float, step: 
         recorders = [recorder() for _ in range(n)]
         wake: Callable[[], None]
         if impl == "reference":
-            import _engine_impls
-
             reference = _engine_impls.ReferenceHeap()
-            reference.loop = loop
+            await reference.prepare(loop)
             reference.start(firsts, interval, recorders)
             wake = reference._wake
         else:
-            from service import SchedulePolicy, Timer
             from service.scheduler import Scheduler
 
+            # The benchmark's own gatebeat row (the same timers, options and alignment), on a
+            # scheduler made first so that it reads the fake clock at C level, as it reads
+            # time.monotonic on a real loop (the fake loop's Python-level time() would charge
+            # the engine a Python call per tick).
             scheduler = Scheduler.for_loop(loop, wakeup="loop")
-            # A C-level read of the fake clock, as time.monotonic is on a real loop (the fake
-            # loop's Python-level time() would charge the engine a Python call per tick).
             scheduler.clock = functools.partial(getattr, FakeClockLoop, "now")
-            timers = []
-            for first, tick in zip(firsts, recorders, strict=True):
-                timer = Timer(
-                    interval, tick, SchedulePolicy.FIXED, phase=first % interval, align=True
-                )
-                timer.start()
-                timers.append(timer)
+            gatebeat = _engine_impls.Gatebeat(prometheus=False)
+            await gatebeat.prepare(loop)
+            gatebeat.start(firsts, interval, recorders)
             wake = scheduler._on_wake
         gc.collect()
         gc.freeze()
