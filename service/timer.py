@@ -77,15 +77,16 @@ class Timer:
         TypeError: ``callback`` is not callable.
     """
 
-    # Slots, in this order on purpose: the first sixteen are what a tick reads and writes, kept
-    # together so that a tick touches three cache lines of the timer instead of five.
+    # Slots, in this order on purpose: the first seventeen are what a tick reads and writes,
+    # kept together so that a tick touches three cache lines of the timer instead of five.
     # fmt: off
     __slots__ = (  # noqa: RUF023
-        "_inflight_busy", "_scheduler", "_slot", "_token", "_run_in_thread", "_callback",
-        "_lean", "_grid_phase", "_grid_interval", "_ticks", "_last_due", "_last_started",
+        "_inflight_busy", "_scheduler", "_number", "_due", "_token", "_run_in_thread",
+        "_callback", "_lean", "_grid_base", "_grid_interval", "_implicit", "_last_started",
         "_last_finished", "_max_lateness", "_observers", "_pending_skipped",
-        "__weakref__", "_current", "_error_streak", "_errors", "_fixed", "_inflight", "_name",
-        "_overruns", "_policy", "_running", "_schedule", "_skipped", "_task_spec", "_timeout",
+        "__weakref__", "_current", "_error_streak", "_errors", "_fixed", "_grid_phase",
+        "_has_slot", "_inflight", "_last_due", "_name", "_origin", "_overruns", "_policy",
+        "_running", "_schedule", "_skipped", "_task_spec", "_ticks", "_ticks_offset", "_timeout",
         "_timeouts", "_waiters",
     )
     # fmt: on
@@ -126,7 +127,7 @@ class Timer:
         self._schedule = schedule
         # FIXED grids get an inlined fast path in _complete (same arithmetic as FixedSchedule).
         self._fixed = fixed = schedule if type(schedule) is FixedSchedule else None
-        self._grid_phase = fixed.phase if fixed is not None else 0.0  # copied: one object less
+        self._grid_phase = fixed.phase if fixed is not None else 0.0
         self._grid_interval = fixed.interval if fixed is not None else 0.0
         self._timeout = (
             None if timeout is None else to_seconds(timeout, what=f"timer {name!r} timeout")
@@ -139,7 +140,15 @@ class Timer:
         self._scheduler: Scheduler | None = None
         self._token = 0
         self._running = False
-        self._slot: SlotFields | None = None
+        # The next slot (number, due, origin), kept as three fields rather than a tuple: a
+        # tuple would be allocated every tick and freed, cold, an interval later.
+        self._has_slot = False
+        self._number = 0
+        self._due = 0.0
+        self._origin = 0.0
+        # FIXED: origin + phase, the first sum of FixedSchedule.due's arithmetic, kept so that
+        # a tick reads one float of the timer's grid instead of two.
+        self._grid_base = self._grid_phase
         self._inflight: asyncio.Task[None] | None = None
         self._inflight_busy = False
         self._current: Slot | None = None
@@ -157,6 +166,12 @@ class Timer:
         # The last tick's times, as the very float objects the tick produced: lateness and
         # duration are computed when asked, so a tick allocates no float for them.
         self._last_due: float | None = None
+        # While True, a run of lean ticks leaves the tick count and the last due time implicit
+        # (ticks == _number + _ticks_offset; the last tick was _number - 1 on _origin's grid),
+        # so such a tick replaces no int or float of the timer but the two times below; every
+        # other path first stores them (_settle).
+        self._implicit = False
+        self._ticks_offset = 0
         self._last_started = 0.0
         self._last_finished = 0.0
         self._max_lateness = -math.inf
@@ -198,8 +213,9 @@ class Timer:
         """
         if self._current is not None:
             return self._current
-        slot = self._slot
-        return as_slot(slot) if slot is not None and self._inflight_busy else None
+        if self._has_slot and self._inflight_busy:
+            return Slot(self._number, self._due, self._origin)
+        return None
 
     def add_observer(self, observer: TickObserver) -> None:
         """Call ``observer`` with every tick record from now on."""
@@ -228,7 +244,7 @@ class Timer:
         self._token += 1
         self._pending_skipped = 0
         slot = self._schedule.first(self._scheduler.clock())
-        self._slot = slot
+        self._set_slot(slot)
         if slot is None:  # a schedule that never fires (a one-shot whose time has passed)
             self._running = False
             if not self._inflight_busy:
@@ -246,11 +262,12 @@ class Timer:
                 until the thread returns.
         """
         if self._running:
-            if self._inflight_busy and self._current is None and self._slot is not None:
-                self._current = as_slot(self._slot)  # current_tick stays right in the callback
+            if self._inflight_busy and self._current is None and self._has_slot:
+                # current_tick stays right in the callback
+                self._current = Slot(self._number, self._due, self._origin)
             self._running = False
             self._token += 1
-            self._slot = None
+            self._set_slot(None)
         if cancel and self._inflight is not None:
             self._inflight.cancel()
         if not self._inflight_busy:
@@ -269,9 +286,13 @@ class Timer:
 
     def statistics(self) -> TimerStatistics:
         """A frozen snapshot of the counters."""
-        last_due = self._last_due
+        if self._implicit:
+            ticks = self._number + self._ticks_offset
+            last_due: float | None = self._grid_due(self._number - 1)
+        else:
+            ticks, last_due = self._ticks, self._last_due
         return TimerStatistics(
-            ticks=self._ticks,
+            ticks=ticks,
             overruns=self._overruns,
             skipped=self._skipped,
             errors=self._errors,
@@ -281,7 +302,7 @@ class Timer:
             last_duration=None if last_due is None else self._last_finished - self._last_started,
             running=self._running,
             in_flight=self._inflight_busy,
-            next_due=self._slot[1] if (self._running and self._slot is not None) else None,
+            next_due=self._due if (self._running and self._has_slot) else None,
         )
 
     def __repr__(self) -> str:
@@ -299,54 +320,65 @@ class Timer:
         """
         if self._inflight_busy:  # never with a live entry; kept as a guard against overlap
             return started
-        # Both set while an entry is live (start() sets them before scheduling).
+        # Set while an entry is live (start() sets them before scheduling); read before the
+        # callback, which may stop or restart the timer.
         scheduler: Scheduler = self._scheduler  # type: ignore[assignment]
-        slot: SlotFields = self._slot  # type: ignore[assignment]
+        number = self._number
         token = self._token
         self._inflight_busy = True
         if self._run_in_thread:
             future = scheduler.loop.run_in_executor(None, self._callback)
-            self._start_task(slot, token, started, future)
+            self._start_task((number, due, self._origin), token, started, future)
             return started
         try:
             result = self._callback()
         except asyncio.CancelledError:
-            self._complete(slot, token, started, scheduler.clock(), Outcome.CANCELLED, None)
+            finished = scheduler.clock()
+            tick = self._tick_slot(number, due, token)
+            self._complete(tick, token, started, finished, Outcome.CANCELLED)
             raise
         except Exception as exc:
             finished = scheduler.clock()
-            self._complete(slot, token, started, finished, Outcome.ERROR, exc)
+            self._complete(
+                self._tick_slot(number, due, token), token, started, finished, Outcome.ERROR, exc
+            )
             return finished
         finished = scheduler.clock()
         if result is not None and inspect.isawaitable(result):
-            self._start_task(slot, token, started, result)
+            self._start_task(self._tick_slot(number, due, token), token, started, result)
             return finished
         if not self._lean or token != self._token:
-            self._complete(slot, token, started, finished, Outcome.OK, None)
+            self._complete(
+                self._tick_slot(number, due, token), token, started, finished, Outcome.OK
+            )
             return finished
         # What _complete does for exactly this case, inline: the same arithmetic as
         # FixedSchedule.due(origin, number + 1), so the same float.
         self._inflight_busy = False
-        number = slot[0] + 1
-        origin = slot[2]
-        next_due = origin + self._grid_phase + number * self._grid_interval
+        following = number + 1
+        next_due = self._grid_base + following * self._grid_interval
         lateness = started - due
-        self._ticks += 1
-        self._last_due = due
+        if not self._implicit:  # a run of lean ticks begins: count them by the slot number
+            self._ticks_offset = self._ticks - number
+            self._implicit = True
+        self._number = following  # counts this tick; _due moves on below
         self._last_started = started
         self._last_finished = finished
         if lateness > self._max_lateness:
             self._max_lateness = lateness
         if self._observers:
-            fields = (slot[0], due, started, finished, self._pending_skipped, Outcome.OK, None)
+            fields = (number, due, started, finished, self._pending_skipped, Outcome.OK, None)
             self._notify(_new_record(TickRecord, (self._name, *fields, finished > next_due)))
+            if token != self._token:  # an observer stopped it (see _complete): nothing to arm
+                self._overruns += finished > next_due
+                return finished
         if self._pending_skipped:
             self._pending_skipped = 0
-        if finished > next_due or token != self._token:
-            self._overruns += finished > next_due
-            self._reschedule(slot, token, started, finished)
+        if finished > next_due:
+            self._overruns += 1
+            self._reschedule((number, due, self._origin), token, started, finished)
             return finished
-        self._slot = (number, next_due, origin)
+        self._due = next_due
         # Scheduler.schedule, inline: this runs inside the scheduler's dispatch, which arms
         # the wake-up once the pass is over.
         if next_due == scheduler._fill_when:
@@ -396,8 +428,9 @@ class Timer:
         started: float,
         finished: float,
         outcome: Outcome,
-        error: BaseException | None,
+        error: BaseException | None = None,
     ) -> None:
+        self._settle()
         self._inflight = None
         self._inflight_busy = False
         self._current = None
@@ -441,21 +474,25 @@ class Timer:
                 )
         skipped_before = self._pending_skipped
         if self._observers:
+            token_before = self._token
             fields = (slot[0], slot[1], started, finished, skipped_before, outcome, error)
             self._notify(TickRecord(self._name, *fields, overrun))
-
+            if self._token != token_before:
+                # An observer stopped the timer, and maybe started it again: the tick was no
+                # longer in flight, so stop() and start() did all there is to do.
+                return
+        self._pending_skipped = 0
         if fixed is not None and token == self._token and next_due >= finished and self._running:
             # The common case: the tick ended before the next grid point; nothing skipped.
             assert self._scheduler is not None
-            self._pending_skipped = 0
-            self._slot = (slot[0] + 1, next_due, slot[2])
+            self._number, self._due = slot[0] + 1, next_due
             self._scheduler.schedule(next_due, self)
             return
-        self._pending_skipped = 0
         self._reschedule(slot, token, started, finished)
 
     def _reschedule(self, slot: SlotFields, token: int, started: float, finished: float) -> None:
         """Arm the slot after ``slot`` (catching up past skipped due times), or wind down."""
+        self._settle()
         if not self._running:
             self._wake_waiters()
             return
@@ -464,19 +501,52 @@ class Timer:
         following: SlotFields | None
         if token == self._token:
             following = self._schedule.following(as_slot(slot), started, finished)
-        else:  # restarted while this callback was in flight: continue the new schedule
-            following = self._slot
+        elif self._has_slot:  # restarted while this callback was in flight: go on from there
+            following = (self._number, self._due, self._origin)
+        else:
+            following = None
         if following is None:
             self._pending_skipped = 0
-            self._slot = None
+            self._set_slot(None)
             self._running = False
             self._wake_waiters()
             return
         caught_up, skipped = self._schedule.catch_up(as_slot(following), finished)
         self._skipped += skipped
         self._pending_skipped = skipped
-        self._slot = caught_up
+        self._set_slot(caught_up)
         scheduler.schedule(caught_up.due, self)
+
+    def _set_slot(self, slot: SlotFields | None) -> None:
+        """Make ``slot`` the next one (``None``: no next slot)."""
+        self._settle()
+        if slot is None:
+            self._has_slot = False
+            return
+        self._number, self._due, origin = slot
+        if origin != self._origin:
+            self._origin = origin
+            self._grid_base = origin + self._grid_phase
+        self._has_slot = True
+
+    def _tick_slot(self, number: int, due: float, token: int) -> SlotFields:
+        """The slot of the tick whose callback just returned: the timer's own, unless the
+        callback stopped (and maybe restarted) it; stop() kept that slot in ``_current``."""
+        if token != self._token and self._current is not None:
+            return self._current
+        return (number, due, self._origin)
+
+    def _settle(self) -> None:
+        """Store the tick count and last due time that a run of lean ticks left implicit."""
+        if self._implicit:
+            self._implicit = False
+            self._ticks = self._number + self._ticks_offset
+            self._last_due = self._grid_due(self._number - 1)
+
+    def _grid_due(self, number: int) -> float:
+        """Tick ``number``'s due time on the current FIXED grid: ``FixedSchedule.due``'s
+        arithmetic, so the very float the tick was due at."""
+        return self._grid_base + number * self._grid_interval
 
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:

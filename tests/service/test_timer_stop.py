@@ -309,3 +309,58 @@ async def test_restart_after_stop_starts_a_new_grid() -> None:
     await asyncio.sleep(2.0)
     timer.stop()
     assert [(r.number, r.due) for r in records] == [(1, 1.0), (1, 3.75), (2, 4.75)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("kind", ["sync", "async", "delay"])
+async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(kind: str) -> None:
+    """stop(); start() in an observer: the new grid, each due time once (it was armed twice)."""
+    records: list[TickRecord] = []
+
+    def callback() -> object:
+        return asyncio.sleep(0) if kind == "async" else None
+
+    def observer(record: TickRecord) -> None:
+        records.append(record)
+        if len(records) == 3:
+            timer.stop()
+            timer.start()
+
+    policy = SchedulePolicy.DELAY if kind == "delay" else SchedulePolicy.FIXED
+    timer = Timer(1.0, callback, policy, name=f"restart-{kind}", observers=[observer])
+    timer.start()
+    await asyncio.sleep(6.5)
+    timer.stop()
+    assert [(r.number, r.due) for r in records] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (1, 4.0),  # restarted at 3.0 by the observer
+        (2, 5.0),
+        (3, 6.0),
+    ]
+    assert timer.statistics().ticks == 6
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_observer_that_stops_the_timer_ends_it(kind: str) -> None:
+    records: list[TickRecord] = []
+
+    def callback() -> object:
+        return asyncio.sleep(0) if kind == "async" else None
+
+    def observer(record: TickRecord) -> None:
+        records.append(record)
+        if len(records) == 2:
+            timer.stop()
+
+    timer = Timer(1.0, callback, SchedulePolicy.FIXED, name=f"stop-{kind}", observers=[observer])
+    timer.start()
+    await asyncio.wait_for(timer.wait_stopped(), timeout=10)
+    await asyncio.sleep(5)
+    assert [r.number for r in records] == [1, 2]
+    stats = timer.statistics()
+    assert (stats.ticks, stats.running, stats.next_due) == (2, False, None)
