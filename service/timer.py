@@ -77,8 +77,8 @@ class Timer:
         TypeError: ``callback`` is not callable.
     """
 
-    # Slots, in this order on purpose: the first seventeen are what a tick reads and writes,
-    # kept together so that a tick touches three cache lines of the timer instead of five.
+    # Slots, in this order on purpose: the first sixteen are what a tick reads and writes, kept
+    # together so that a tick touches three cache lines of the timer instead of five.
     # fmt: off
     __slots__ = (  # noqa: RUF023
         "_inflight_busy", "_scheduler", "_number", "_due", "_token", "_run_in_thread",
