@@ -298,7 +298,7 @@ def check_module(name: str, source: DriverSource, module: ModuleType) -> LoadedD
         DriverError: naming the module and what is wrong.
     """
     where = f"module {module.__name__!r}"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise DriverError(name, f"{where}: driver names are letters, digits and '_'")
     if not hasattr(module, "poll") and not hasattr(module, "heartbeat"):
         raise DriverError(name, f"{where} defines neither poll() nor heartbeat()")

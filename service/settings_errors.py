@@ -34,7 +34,7 @@ class ConfigError(Exception):
 def _item_label(items: Sequence[Any], index: int) -> str:
     item = items[index] if 0 <= index < len(items) else None
     name = item.get("name") if isinstance(item, Mapping) else None
-    if isinstance(name, str) and _NAME.match(name):
+    if isinstance(name, str) and _NAME.fullmatch(name):
         same = [i for i in items if isinstance(i, Mapping) and i.get("name") == name]
         if len(same) == 1:
             return name

@@ -73,7 +73,7 @@ def _seconds(value: Any) -> float:
 
 
 def _name(value: Any) -> Any:
-    if isinstance(value, str) and not _NAME.match(value):
+    if isinstance(value, str) and not _NAME.fullmatch(value):
         shown = repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
         raise ValueError(f"{shown} is not a valid name (1 to 64 of: letters, digits and _ . : -)")
     return value

@@ -59,7 +59,7 @@ def toml_value(value: Any) -> str:
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
 
 
 def _placeholder(annotation: Any) -> Any:

@@ -222,6 +222,7 @@ _UNSAFE = [
     'quo"te',
     "back\\slash",
     "new\nline",
+    "trailing-newline\n",  # a regex anchored with $ lets this one through
     "brace{x}",
     "comma,x",
     "eq=x",
