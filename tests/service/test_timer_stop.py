@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -311,15 +312,21 @@ async def test_restart_after_stop_starts_a_new_grid() -> None:
     assert [(r.number, r.due) for r in records] == [(1, 1.0), (1, 3.75), (2, 4.75)]
 
 
+def inline_or_task(kind: str) -> Callable[[], object]:
+    """A callback whose ticks complete inline (``kind`` not "async") or as a task."""
+
+    def callback() -> object:
+        return asyncio.sleep(0) if kind == "async" else None
+
+    return callback
+
+
 @pytest.mark.asyncio
 @pytest.mark.looptime
 @pytest.mark.parametrize("kind", ["sync", "async", "delay"])
 async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(kind: str) -> None:
     """stop(); start() in an observer: the new grid, each due time once (it was armed twice)."""
     records: list[TickRecord] = []
-
-    def callback() -> object:
-        return asyncio.sleep(0) if kind == "async" else None
 
     def observer(record: TickRecord) -> None:
         records.append(record)
@@ -328,7 +335,7 @@ async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(ki
             timer.start()
 
     policy = SchedulePolicy.DELAY if kind == "delay" else SchedulePolicy.FIXED
-    timer = Timer(1.0, callback, policy, name=f"restart-{kind}", observers=[observer])
+    timer = Timer(1.0, inline_or_task(kind), policy, name=f"restart-{kind}", observers=[observer])
     timer.start()
     await asyncio.sleep(6.5)
     timer.stop()
@@ -349,15 +356,14 @@ async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(ki
 async def test_an_observer_that_stops_the_timer_ends_it(kind: str) -> None:
     records: list[TickRecord] = []
 
-    def callback() -> object:
-        return asyncio.sleep(0) if kind == "async" else None
-
     def observer(record: TickRecord) -> None:
         records.append(record)
         if len(records) == 2:
             timer.stop()
 
-    timer = Timer(1.0, callback, SchedulePolicy.FIXED, name=f"stop-{kind}", observers=[observer])
+    timer = Timer(
+        1.0, inline_or_task(kind), SchedulePolicy.FIXED, name=f"stop-{kind}", observers=[observer]
+    )
     timer.start()
     await asyncio.wait_for(timer.wait_stopped(), timeout=10)
     await asyncio.sleep(5)
