@@ -321,6 +321,19 @@ def inline_or_task(kind: str) -> Callable[[], object]:
     return callback
 
 
+def recording_then(
+    records: list[TickRecord], count: int, act: Callable[[], None]
+) -> Callable[[TickRecord], None]:
+    """An observer that records every tick and calls ``act()`` once it has ``count`` records."""
+
+    def observer(record: TickRecord) -> None:
+        records.append(record)
+        if len(records) == count:
+            act()
+
+    return observer
+
+
 @pytest.mark.asyncio
 @pytest.mark.looptime
 @pytest.mark.parametrize("kind", ["sync", "async", "delay"])
@@ -328,12 +341,11 @@ async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(ki
     """stop(); start() in an observer: the new grid, each due time once (it was armed twice)."""
     records: list[TickRecord] = []
 
-    def observer(record: TickRecord) -> None:
-        records.append(record)
-        if len(records) == 3:
-            timer.stop()
-            timer.start()
+    def restart() -> None:
+        timer.stop()
+        timer.start()
 
+    observer = recording_then(records, 3, restart)
     policy = SchedulePolicy.DELAY if kind == "delay" else SchedulePolicy.FIXED
     timer = Timer(1.0, inline_or_task(kind), policy, name=f"restart-{kind}", observers=[observer])
     timer.start()
@@ -355,12 +367,7 @@ async def test_an_observer_that_restarts_the_timer_gets_one_tick_per_due_time(ki
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_an_observer_that_stops_the_timer_ends_it(kind: str) -> None:
     records: list[TickRecord] = []
-
-    def observer(record: TickRecord) -> None:
-        records.append(record)
-        if len(records) == 2:
-            timer.stop()
-
+    observer = recording_then(records, 2, lambda: timer.stop())
     timer = Timer(
         1.0, inline_or_task(kind), SchedulePolicy.FIXED, name=f"stop-{kind}", observers=[observer]
     )
