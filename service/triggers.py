@@ -27,6 +27,7 @@ after the instant the timer starts. Wall-clock steps: see :mod:`service.triggers
 
 from __future__ import annotations
 
+import itertools
 import re
 import typing
 from collections.abc import Iterable
@@ -241,7 +242,7 @@ class At(Trigger):
     ) -> None:
         object.__setattr__(self, "time_of_day", _parse_time(time_of_day))
         object.__setattr__(self, "weekdays", None if weekdays is None else _weekdays(weekdays))
-        object.__setattr__(self, "tz", _zone(tz))
+        object.__setattr__(self, "tz", _zone(tz, "At"))
 
     def next_fire(self, after: datetime) -> datetime:
         """The first fire time strictly after ``after`` (aware), as an aware UTC datetime."""
@@ -260,11 +261,15 @@ class At(Trigger):
 
 @dataclass(frozen=True, slots=True, init=False)
 class Cron(Trigger):
-    """Fire times of a cron expression in time zone ``tz``, computed by ``cronsim``.
+    """Fire times of a cron expression in time zone ``tz``; ``cronsim`` parses and matches it.
 
     Five fields (minute hour day month weekday; 0 or 7 = Sunday) or six (seconds first). DST
-    follows Debian cron: a fixed local time in a spring-forward gap fires when the clocks jump,
-    one that occurs twice fires once; ``*/15 * * * *`` style expressions follow UTC instants.
+    follows Debian cron, for both forms: an expression whose minute and hour fields do not
+    start with ``*`` names fixed local times, and those follow ``At``'s rules (a local time in
+    a spring-forward gap fires when the clocks jump, one that occurs twice fires once, at its
+    first occurrence); any other expression (``*/15 * * * *``, ``0 * * * *``, ``0 */7 * * *``)
+    follows real time: it fires at every instant whose local time matches, so none in a gap
+    and twice in a repeated hour. This holds for any size of DST shift (Lord Howe's 30 min).
 
     Raises:
         ValueError: the expression is invalid (the message names it).
@@ -272,27 +277,84 @@ class Cron(Trigger):
 
     expression: str
     tz: tzinfo
+    fixed_time: bool
 
     def __init__(self, expression: str, *, tz: str | tzinfo = "UTC") -> None:
-        zone = _zone(tz)
+        zone = _zone(tz, "Cron")
         try:
-            CronSim(expression, datetime(2000, 1, 1, tzinfo=zone))
+            CronSim(expression, datetime(2000, 1, 1))
         except (CronSimError, ValueError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
+        fields = expression.split()
+        minute, hour = fields[-5:-3]  # cronsim accepted it: five or six fields
         object.__setattr__(self, "expression", expression)
         object.__setattr__(self, "tz", zone)
+        object.__setattr__(
+            self, "fixed_time", not minute.startswith("*") and not hour.startswith("*")
+        )
 
     def next_fire(self, after: datetime) -> datetime | None:
-        """The first fire time strictly after ``after`` (aware), as an aware UTC datetime."""
-        times = CronSim(self.expression, after.astimezone(self.tz))
-        for _ in range(1000):  # cronsim works on local wall time; skip anything not later
-            try:
-                fire = next(times).astimezone(UTC)
-            except StopIteration:
-                return None
+        """The first fire time strictly after ``after`` (aware), as an aware UTC datetime.
+
+        cronsim runs on naive local time (plain calendar arithmetic, no DST); this method maps
+        its local times to instants with the rules in the class docstring.
+        """
+        after = after.astimezone(UTC)
+        if self.fixed_time:
+            return self._next_fixed_time(after)
+        return self._next_real_time(after)
+
+    def _next_fixed_time(self, after: datetime) -> datetime | None:
+        # Local -> instant (first occurrence, or the jump) never decreases as local time grows,
+        # so starting from the least local time "after" can have nearby suffices.
+        offsets = [self._offset(after + timedelta(days=d)) for d in (-1, 0, 1)]
+        start = (after + min(offsets)).replace(tzinfo=None) - timedelta(seconds=1)
+        for local in itertools.islice(CronSim(self.expression, start), 100_000):
+            fire = resolve_local(local.date(), local.time(), self.tz)
             if fire > after:
                 return fire
+        return None
+
+    def _next_real_time(self, after: datetime) -> datetime | None:
+        # Between two offset changes local time is the instant plus a constant offset: match
+        # there, and where the match lies beyond the next change, go on from that change.
+        begin, offset = after, self._offset(after)  # matches strictly after ``begin``
+        for _ in range(1_000):
+            try:
+                local = next(CronSim(self.expression, (begin + offset).replace(tzinfo=None)))
+            except StopIteration:
+                return None
+            fire = (local - offset).replace(tzinfo=UTC)
+            change = self._offset_change(begin, fire, offset)
+            if change is None:
+                return fire
+            begin, offset = change - timedelta(microseconds=1), self._offset(change)
         raise AssertionError(f"cron {self.expression!r} made no progress after {after}")
+
+    def _offset(self, instant: datetime) -> timedelta:
+        offset = instant.astimezone(self.tz).utcoffset()
+        assert offset is not None
+        return offset
+
+    def _offset_change(self, begin: datetime, end: datetime, offset: timedelta) -> datetime | None:
+        """The first instant in ``(begin, end]`` with another UTC offset than ``offset``
+        (to the microsecond), or ``None`` if the offset holds there (checked daily and at
+        ``end``: zones change offsets months apart)."""
+        probe = begin
+        while True:
+            probe = min(probe + timedelta(days=1), end)
+            if self._offset(probe) != offset:
+                break
+            if probe == end:
+                return None
+        low, high = begin, probe
+        while high - low > timedelta(microseconds=1):
+            middle = low + (high - low) / 2
+            if self._offset(middle) == offset:
+                low = middle
+            else:
+                high = middle
+        return high
 
     def schedule(self, *, wall_clock: WallClock = utc_now, step_tolerance: float = 1.0) -> Schedule:
         return WallClockSchedule(self, wall_clock=wall_clock, step_tolerance=step_tolerance)
@@ -411,10 +473,16 @@ def _weekdays(value: Iterable[int | str] | int | str) -> frozenset[int]:
     return frozenset(days)
 
 
-def _zone(tz: str | tzinfo) -> tzinfo:
+def _zone(tz: str | tzinfo, trigger: str) -> tzinfo:
+    """``tz`` as a ``tzinfo``: an IANA zone name or a ``tzinfo`` itself."""
     if isinstance(tz, tzinfo):
         return tz
+    if not isinstance(tz, str):
+        raise ValueError(
+            f"{trigger} tz must be an IANA zone name such as 'Europe/Berlin' or a tzinfo, "
+            f"got {tz!r}"
+        )
     try:
         return ZoneInfo(tz)
     except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-        raise ValueError(f"unknown time zone {tz!r}") from exc
+        raise ValueError(f"{trigger} tz: unknown time zone {tz!r}") from exc

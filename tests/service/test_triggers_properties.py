@@ -11,6 +11,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from cronsim import CronSim
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,3 +170,72 @@ def test_wall_clock_schedule_never_fires_before_the_wall_time(
         slot, _ = schedule.catch_up(following, finished)
     assert_monotonic(ticks)
     assert all(a < b for a, b in itertools.pairwise(fires))
+
+
+# Cron against an oracle that walks real time minute by minute, written from the documented rules
+# alone: real-time expressions fire at every instant whose local time matches; fixed-time ones
+# (minute and hour fields not starting with "*") fire at the first occurrence of a matching local
+# time, and at the instant the clocks jump for matching local times the jump skips.
+WILD_CRONS = ["*/15 * * * *", "0 * * * *", "30 * * * *", "*/7 * * * *", "0 */7 * * *",
+              "* 2 * * *", "*/20 1-3 * * *", "10 */2 * * *", "0 */15 * * * *"]  # fmt: skip
+FIXED_CRONS = ["30 2 * * *", "0,30 2 * * *", "0 2-3 * * *", "59 1 * * *", "0 0 * * *",
+               "15 3 * * 1-5", "0 30 2 * * *", "45 1,2 * * *"]  # fmt: skip
+DST_DAYS = {
+    "Europe/Berlin": [datetime(2024, 3, 31), datetime(2024, 10, 27)],
+    "America/New_York": [datetime(2024, 3, 10), datetime(2024, 11, 3)],
+    "Australia/Lord_Howe": [datetime(2024, 4, 7), datetime(2024, 10, 6)],
+}
+
+
+def _local_matches(expression: str, local: datetime) -> bool:
+    """Whether naive local time ``local`` matches ``expression`` (cronsim as a plain matcher)."""
+    return next(CronSim(expression, local - timedelta(seconds=1))) == local
+
+
+def _oracle_fires(expression: str, zone: ZoneInfo, begin: datetime, hours: int) -> list[datetime]:
+    fixed = expression in FIXED_CRONS
+    fires = []
+    instant = begin
+    for _ in range(hours * 60):
+        previous, instant = instant, instant + timedelta(minutes=1)
+        local = instant.astimezone(zone)
+        naive = local.replace(tzinfo=None)
+        if not fixed:
+            if _local_matches(expression, naive):
+                fires.append(instant)
+            continue
+        first_occurrence = naive.replace(tzinfo=zone, fold=0).astimezone(UTC) == instant
+        if _local_matches(expression, naive) and first_occurrence:
+            fires.append(instant)
+            continue
+        jumped = previous.astimezone(zone).replace(tzinfo=None) + timedelta(minutes=1)
+        while jumped < naive:  # local times the clocks skipped on the way to this minute
+            if _local_matches(expression, jumped):
+                fires.append(instant)
+                break
+            jumped += timedelta(minutes=1)
+    return fires
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(WILD_CRONS + FIXED_CRONS),
+    st.sampled_from(sorted(DST_DAYS)),
+    st.integers(0, 1),
+    st.integers(-20 * 60, 10 * 60),
+)
+def test_cron_matches_a_minute_by_minute_oracle_across_dst(
+    expression: str, zone_name: str, which: int, minutes: int
+) -> None:
+    zone = ZoneInfo(zone_name)
+    begin = (DST_DAYS[zone_name][which] + timedelta(minutes=minutes)).replace(tzinfo=UTC)
+    expected = _oracle_fires(expression, zone, begin, hours=30)
+    trigger = Cron(expression, tz=zone)
+    got: list[datetime] = []
+    when = begin
+    while len(got) < len(expected):
+        fire = trigger.next_fire(when)
+        assert fire is not None
+        got.append(fire)
+        when = fire
+    assert got == expected
