@@ -231,4 +231,6 @@ class Timer(TimerTicks):
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
-        return f"<Timer {self._name!r} {self._policy.name} {self.interval!r}s {state}>"
+        interval = self.interval
+        every = f"{interval!r}s" if interval is not None else type(self._schedule).__name__
+        return f"<{type(self).__name__} {self._name!r} {self._policy.name} {every} {state}>"

@@ -240,7 +240,12 @@ class WallClockSchedule:
     def overrun(self, slot: Slot, started: float, finished: float) -> bool:
         if self._pending is None:
             return False
-        following = self.rule.next_fire(self._pending)
+        base = self._pending
+        if self._jumped and self._wall_ref is not None:
+            # A fire time a forward step passed ran late on purpose: the fire times in between
+            # never passed in loop time, so only those after the new wall time count.
+            base = max(base, self._wall_ref)
+        following = self.rule.next_fire(base)
         return following is not None and finished > self._to_loop(following)
 
     def stale(self, loop_now: float) -> float | None:
@@ -280,7 +285,10 @@ class AnySchedule:
     def first(self, start: float) -> Slot | None:
         replanning, self._replanning = self._replanning, False
         for index, member in enumerate(self.members):
-            if not replanning or isinstance(member, Replannable):
+            if not replanning:
+                self._current[index] = member.first(start)
+            elif isinstance(member, Replannable) and self._current[index] is not None:
+                # A member that is done (a Once that fired) stays done across a re-plan.
                 self._current[index] = member.first(start)
         return self._combined(1, start)
 
@@ -292,14 +300,30 @@ class AnySchedule:
         return self._combined(slot.number + 1, slot.origin)
 
     def catch_up(self, slot: Slot, busy_until: float) -> tuple[Slot, int]:
-        total = 0
+        """Move every member past the due times that passed; an instant that several members
+        were due at counts as one skipped tick, as it would have been one tick."""
+        passed: list[float] = []  # the skipped due times, walked one at a time ...
+        uncounted = 0  # ... up to _SKIP_COUNT_LIMIT; beyond that, counted per member
         for index, member in enumerate(self.members):
             current = self._current[index]
-            if current is not None:
-                self._current[index], skipped = member.catch_up(current, busy_until)
-                total += skipped
+            while current is not None:
+                if current.due >= busy_until or len(passed) >= _SKIP_COUNT_LIMIT:
+                    current, skipped = member.catch_up(current, busy_until)  # Delay moves here
+                    uncounted += skipped
+                    break
+                step, skipped = member.catch_up(current, math.nextafter(current.due, math.inf))
+                if not skipped:  # a member that does not skip (Delay, Once): its own rule
+                    current, _ = member.catch_up(current, busy_until)
+                    break
+                passed.append(current.due)
+                current = step
+            self._current[index] = current
+        passed.sort()
+        instants = sum(
+            1 for i, due in enumerate(passed) if i == 0 or due > passed[i - 1] + _COINCIDENT
+        )
         combined = self._combined(slot.number, slot.origin)
-        return (combined if combined is not None else slot), total
+        return (combined if combined is not None else slot), instants + uncounted
 
     def overrun(self, slot: Slot, started: float, finished: float) -> bool:
         for index, member in enumerate(self.members):

@@ -168,6 +168,25 @@ async def test_any_of_every_and_delay() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
+async def test_any_counts_an_instant_shared_by_members_as_one_skipped_tick() -> None:
+    """Any(Every(2), Every(3)) with a callback busy from 2 to 13: the instants 3, 4, 6, 8, 9,
+    10 and 12 pass; 6 and 12 are due for both members but would have been one tick each."""
+    records: list[TickRecord] = []
+
+    async def job() -> None:
+        if not records:
+            await asyncio.sleep(11.0)
+
+    timer = Any(Every(2.0), Every(3.0)).timer(job, name="x", observers=[records.append])
+    timer.start()
+    await asyncio.sleep(14.5)
+    timer.stop()
+    assert [(r.due, r.skipped_before) for r in records] == [(2.0, 0), (14.0, 7)]
+    assert timer.statistics().skipped == 7
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
 async def test_forever_yields_to_the_loop_between_runs() -> None:
     """A callback that never waits still lets other tasks run between its runs."""
     runs = 0
@@ -353,3 +372,10 @@ async def test_trigger_set_stop_cancels_callbacks_that_outlive_the_deadline() ->
     await tasks.stop()
     assert asyncio.get_running_loop().time() == 7.0
     assert [(r.due, r.outcome) for r in records] == [(1.0, Outcome.CANCELLED)]
+
+
+def test_timer_repr_names_the_schedule_when_there_is_no_interval() -> None:
+    heartbeat = Every(1.5).timer(lambda: None, name="hb")
+    assert repr(heartbeat) == "<TriggerTimer 'hb' FIXED 1.5s stopped>"
+    daily = At("07:30").timer(lambda: None, name="daily")
+    assert repr(daily) == "<TriggerTimer 'daily' FIXED WallClockSchedule stopped>"

@@ -315,6 +315,8 @@ async def test_cron_step_forward_runs_once_then_resumes_on_the_new_time() -> Non
     # 11:15 of day 1 ran late (once); day 1 11:30 ... day 2 11:00 never passed in loop time:
     # not run, not counted
     assert [r.skipped_before for r in records] == [0] * 6
+    # the late run took no time: not an overrun (the times the step jumped never passed)
+    assert not any(r.overrun for r in records) and timer.statistics().overruns == 0
 
 
 @pytest.mark.asyncio
@@ -370,6 +372,7 @@ async def test_boot_in_1970_then_ntp_sync() -> None:
     assert walls == [MONDAY + timedelta(seconds=60), utc(2024, 5, 7, 5, 30), utc(2024, 5, 8, 5, 30)]
     assert [r.due for r in records] == [60.0, 63000.0, 149400.0]
     assert [r.skipped_before for r in records] == [0, 0, 0]
+    assert not any(r.overrun for r in records) and timer.statistics().overruns == 0
     assert timer.wall_clock_steps == 1
 
 
@@ -426,3 +429,18 @@ async def test_any_mixes_wall_clock_and_loop_time_members_through_a_step() -> No
     # the Every grid is untouched by the re-plan; 13:00 moved from 3600 to 7200
     assert [r.due for r in records] == [1000.0 * n for n in range(1, 8)] + [7200.0, 8000.0]
     assert timer.wall_clock_steps == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_any_keeps_a_fired_once_done_across_a_big_backward_step() -> None:
+    """A standalone Once(at=T) runs once however the clock steps; inside Any it must too."""
+    clock = MovableClock(MONDAY)
+    fire = MONDAY + timedelta(seconds=100)
+    timer, records, walls = run(Any(Once(at=fire), Every(7000.0)), clock)
+    await sleep_until(200.0)
+    clock.step(-2 * 3600.0)  # beyond REPEAT_GUARD: the wall-clock period is replayed
+    await sleep_until(7700.0)
+    timer.stop()
+    assert walls.count(fire) == 1
+    assert [r.due for r in records] == [100.0, 7000.0]
