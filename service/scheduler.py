@@ -252,7 +252,8 @@ class Scheduler:
             if ran:
                 self._last_run = woke
             while heap and _stale(heap[0]):
-                heappop(heap)
+                if heappop(heap)[2] is self._fill:  # the open bucket left the heap: close it
+                    self._fill_when, self._fill = _EMPTY_FILL_WHEN, None
             if heap:
                 when = heap[0][0]
                 if self._millisecond_timers and self._waker is None and not ran and when > now:

@@ -63,13 +63,24 @@ def start_tick_task(
 
     def cancelled_before_start(done: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never runs _run, so nothing would complete
-        # the tick: do it here, and close the callback's coroutine unawaited.
-        if done.cancelled() and spec.is_current(done):
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
-            elif isinstance(awaitable, asyncio.Future):
-                awaitable.cancel()
-            spec.complete(slot, token, started, spec.clock(), Outcome.CANCELLED, None)
+        # the tick: do it here, and close the callback's coroutine unawaited. A thread is
+        # already running and cannot be stopped: the tick completes when it returns, so no
+        # tick of the timer overlaps it.
+        if not (done.cancelled() and spec.is_current(done)):
+            return
+        if spec.in_thread and isinstance(awaitable, asyncio.Future) and not awaitable.done():
+            awaitable.add_done_callback(thread_returned)
+            return
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        elif isinstance(awaitable, asyncio.Future):
+            awaitable.cancel()
+        spec.complete(slot, token, started, spec.clock(), Outcome.CANCELLED, None)
+
+    def thread_returned(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the tick is recorded as CANCELLED, not as an error
+        spec.complete(slot, token, started, spec.clock(), Outcome.CANCELLED, None)
 
     task.add_done_callback(cancelled_before_start)
     return task
@@ -85,9 +96,13 @@ async def _run(
     deadline = None
     try:
         if timeout is not None and not spec.in_thread:
-            deadline = asyncio.timeout(timeout)
+            # The tick started at ``started``; the task's first step may come later.
+            deadline = asyncio.timeout(max(0.0, started + timeout - clock()))
             async with deadline:
                 await awaitable
+            if deadline.expired():  # the callback swallowed the cancellation
+                outcome = Outcome.TIMEOUT
+                error = TimeoutError(f"timer {spec.name!r}: tick exceeded timeout {timeout} s")
         elif spec.in_thread:
             # Shielded: a thread cannot be cancelled, so a cancelled tick must still know
             # when its thread returns (see below).
@@ -112,6 +127,17 @@ async def _run(
             outcome, error = Outcome.ERROR, exc
     except Exception as exc:
         outcome, error = Outcome.ERROR, exc
+    except GeneratorExit:  # the task is destroyed with its closed loop: nothing to complete
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: recorded, then on its way
+        spec.complete(slot, token, started, clock(), Outcome.ERROR, exc)
+        raise
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        # stop(cancel=True) or shutdown, and the callback swallowed the CancelledError: the
+        # tick was cancelled all the same, and the engine does not swallow it.
+        spec.complete(slot, token, started, clock(), Outcome.CANCELLED, None)
+        raise asyncio.CancelledError
     spec.complete(slot, token, started, clock(), outcome, error)
 
 

@@ -20,6 +20,7 @@ happens on a tick is :mod:`service.timer_ticks`; this module is the public surfa
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Iterable
 from datetime import timedelta
@@ -31,6 +32,8 @@ from service.scheduler import Scheduler
 from service.timer_ticks import TimerCallback, TimerTicks
 
 __all__ = ["Timer", "TimerCallback"]
+
+logger = logging.getLogger("gatebeat.engine")
 
 _anonymous = 0
 
@@ -161,12 +164,17 @@ class Timer(TimerTicks):
         if self._running:
             raise RuntimeError(f"timer {self._name!r} is already running")
         if self._scheduler is None or self._scheduler.loop is not loop:
-            if self._inflight_busy:
-                raise RuntimeError(f"timer {self._name!r} has a callback in flight on another loop")
+            if self._inflight_busy and self._scheduler is not None:
+                if not self._scheduler.loop.is_closed():
+                    raise RuntimeError(
+                        f"timer {self._name!r} has a callback in flight on another loop"
+                    )
+                self._abandon_tick()
             self._scheduler = Scheduler.for_loop(loop)
         self._running = True
         self._token += 1
         self._pending_skipped = 0
+        self._notifying = False  # started from an observer: the new slot is the next one
         slot = self._schedule.first(self._scheduler.clock())
         self._set_slot(slot)
         if slot is None:  # a schedule that never fires (a one-shot whose time has passed)
@@ -177,6 +185,16 @@ class Timer(TimerTicks):
         if not self._inflight_busy:
             self._scheduler.schedule(slot.due, self)
 
+    def _abandon_tick(self) -> None:
+        """Forget the tick in flight on a closed loop: it can never complete there."""
+        logger.warning(
+            "timer=%s its loop closed while a tick was in flight; that tick is abandoned",
+            self._name,
+        )
+        self._settle()
+        self._inflight, self._inflight_busy, self._current = None, False, None
+        self._waiters.clear()  # futures of the closed loop
+
     def stop(self, cancel: bool = False) -> None:
         """Stop ticking: after this returns no new callback starts. Idempotent.
 
@@ -184,7 +202,14 @@ class Timer(TimerTicks):
             cancel: also cancel the in-flight callback (it is recorded as CANCELLED). A
                 ``run_in_thread`` callback cannot be interrupted: its tick stays in flight
                 until the thread returns.
+
+        A ``run_in_thread`` callback may call it from its thread: the stop is then handed to
+        the loop, where it happens before the tick completes.
         """
+        scheduler = self._scheduler
+        if scheduler is not None and self._run_in_thread and _off_the_loop(scheduler.loop):
+            scheduler.loop.call_soon_threadsafe(self.stop, cancel)
+            return
         if self._running:
             if self._inflight_busy and self._current is None and self._has_slot:
                 # current_tick stays right in the callback
@@ -226,7 +251,11 @@ class Timer(TimerTicks):
             last_duration=None if last_due is None else self._last_finished - self._last_started,
             running=self._running,
             in_flight=self._inflight_busy,
-            next_due=self._due if (self._running and self._has_slot) else None,
+            # not known while a tick is in flight or being reported (it may yet be skipped)
+            next_due=self._due
+            if (self._running and self._has_slot and not self._inflight_busy)
+            and not self._notifying
+            else None,
         )
 
     def __repr__(self) -> str:
@@ -234,3 +263,11 @@ class Timer(TimerTicks):
         interval = self.interval
         every = f"{interval!r}s" if interval is not None else type(self._schedule).__name__
         return f"<{type(self).__name__} {self._name!r} {self._policy.name} {every} {state}>"
+
+
+def _off_the_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is not ``loop``'s, while ``loop`` runs (a worker thread)."""
+    try:
+        return asyncio.get_running_loop() is not loop and loop.is_running()
+    except RuntimeError:
+        return loop.is_running()

@@ -53,7 +53,8 @@ class TimerTicks:
         "_callback", "_lean", "_grid_base", "_grid_interval", "_implicit", "_last_started",
         "_last_finished", "_max_lateness", "_observers", "_pending_skipped",
         "__weakref__", "_current", "_error_streak", "_errors", "_fixed", "_grid_phase",
-        "_has_slot", "_inflight", "_last_due", "_name", "_origin", "_overruns", "_policy",
+        "_has_slot", "_inflight", "_last_due", "_name", "_notifying", "_origin", "_overruns",
+        "_policy",
         "_running", "_schedule", "_skipped", "_task_spec", "_ticks", "_ticks_offset", "_timeout",
         "_timeouts", "_waiters",
     )
@@ -103,6 +104,9 @@ class TimerTicks:
         self._current: Slot | None = None
         self._pending_skipped = 0
         self._waiters: list[asyncio.Future[None]] = []
+        # Observers are being told about a tick whose successor is not armed yet (start()
+        # from an observer arms one and clears it).
+        self._notifying = False
 
         self._ticks = 0
         self._overruns = 0
@@ -157,6 +161,12 @@ class TimerTicks:
                 self._tick_slot(number, due, token), token, started, finished, Outcome.ERROR, exc
             )
             return finished
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: recorded, then on its way
+            finished = scheduler.clock()
+            self._complete(
+                self._tick_slot(number, due, token), token, started, finished, Outcome.ERROR, exc
+            )
+            raise
         finished = scheduler.clock()
         if result is not None and inspect.isawaitable(result):
             self._start_task(self._tick_slot(number, due, token), token, started, result)
@@ -180,16 +190,17 @@ class TimerTicks:
         self._last_finished = finished
         if lateness > self._max_lateness:
             self._max_lateness = lateness
+        overrun = finished > next_due
+        if overrun:  # counted before observers see the record, as in _complete
+            self._overruns += 1
         if self._observers:
             fields = (number, due, started, finished, self._pending_skipped, Outcome.OK, None)
-            self._notify(_new_record(TickRecord, (self._name, *fields, finished > next_due)))
+            self._notify(_new_record(TickRecord, (self._name, *fields, overrun)))
             if token != self._token:  # an observer stopped it (see _complete): nothing to arm
-                self._overruns += finished > next_due
                 return finished
         if self._pending_skipped:
             self._pending_skipped = 0
-        if finished > next_due:
-            self._overruns += 1
+        if overrun:
             self._reschedule((number, due, self._origin), token, started, finished)
             return finished
         self._due = next_due
@@ -229,11 +240,15 @@ class TimerTicks:
         self._inflight = start_tick_task(spec, slot, token, started, awaitable)
 
     def _notify(self, record: TickRecord) -> None:
-        for observer in self._observers:
-            try:
-                observer(record)
-            except Exception:
-                logger.exception("timer=%s observer %r failed", self._name, observer)
+        self._notifying = True
+        try:
+            for observer in self._observers:
+                try:
+                    observer(record)
+                except Exception:
+                    logger.exception("timer=%s observer %r failed", self._name, observer)
+        finally:
+            self._notifying = False
 
     def _complete(
         self,
@@ -364,5 +379,5 @@ class TimerTicks:
 
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:
-            if not waiter.done():
+            if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_result(None)

@@ -43,6 +43,10 @@ _EXPIRED = -1
 _READ_SIZE = 8  # the expiry count, a 64-bit integer
 _MARGIN_NS = 1_000
 """Armed this much after the target, so that the loop's float clock has surely reached it."""
+_LATEST_NS = 2**62
+"""The latest time armed (146 years of uptime): a later due time (a legal but huge interval)
+wakes the loop then, and the scheduler, seeing nothing due, arms again."""
+_LATEST_SECONDS = (_LATEST_NS - _MARGIN_NS) / _NANOSECONDS
 
 
 class _Timespec(ctypes.Structure):
@@ -121,7 +125,8 @@ class TimerFdWaker:
 
     def arm(self, when: float) -> None:
         """Wake the loop once ``time.monotonic()`` reaches ``when`` (seconds)."""
-        ns = math.ceil(when * _NANOSECONDS) + _MARGIN_NS
+        late = when >= _LATEST_SECONDS
+        ns = _LATEST_NS if late else math.ceil(when * _NANOSECONDS) + _MARGIN_NS
         if ns == self._armed_ns and not self._grid_period_ns:
             return
         self._set(ns)

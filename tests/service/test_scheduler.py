@@ -82,6 +82,31 @@ async def test_stale_entries_are_dropped_lazily() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
+async def test_timers_restarted_onto_a_dropped_bucket_still_tick() -> None:
+    """Two aligned timers due at 1.0 share an entry and a bucket; both stop, and a wake-up at
+    0.5 drops the stale entries. Restarted onto the same due time, they must get a new entry
+    (the dropped bucket was once left open for appends, so they never ticked again)."""
+    loop = asyncio.get_running_loop()
+    calls: list[tuple[str, float]] = []
+    other = Timer(0.5, lambda: other.stop(), name="other")
+    first = Timer(1.0, lambda: calls.append(("first", loop.time())), align=True)
+    second = Timer(1.0, lambda: calls.append(("second", loop.time())), align=True)
+    other.start()
+    first.start()
+    second.start()
+    first.stop()
+    second.stop()
+    await asyncio.sleep(0.6)
+    first.start()
+    second.start()
+    await asyncio.sleep(2.5)
+    first.stop()
+    second.stop()
+    assert calls == [(name, t) for t in (1.0, 2.0, 3.0) for name in ("first", "second")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
 async def test_close_drops_every_entry() -> None:
     scheduler = Scheduler.for_loop()
     calls: list[int] = []

@@ -128,3 +128,66 @@ async def test_a_long_run_of_lean_ticks_then_a_failure_keeps_the_count() -> None
     assert (stats.ticks, stats.errors, len(records)) == (fail_at + 10, 1, fail_at + 10)
     assert stats.last_lateness == records[-1].started - records[-1].due == 0.0
     assert stats.next_due is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("path", ["inline", "task"])
+async def test_an_observer_sees_the_overrun_already_counted(
+    path: str, stall: Callable[[float], None]
+) -> None:
+    """Both tick paths count an overrun before observers see its record."""
+    seen: list[tuple[bool, int, int]] = []
+
+    def slow() -> None:
+        stall(1.5)
+
+    async def slow_async() -> None:
+        await asyncio.sleep(1.5)
+
+    def observer(record: TickRecord) -> None:
+        stats = timer.statistics()
+        seen.append((record.overrun, stats.ticks, stats.overruns))
+
+    timer = Timer(1.0, slow if path == "inline" else slow_async, observers=[observer])
+    timer.start()
+    await asyncio.sleep(1.2)
+    timer.stop()
+    await timer.wait_stopped()
+    assert seen == [(True, 1, 1)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_next_due_is_never_in_the_past(kind: str) -> None:
+    """``next_due`` is a due time still ahead, or ``None`` while it is not known: in the
+    callback, while the tick is in flight, and while observers hear about it."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, float, float | None]] = []
+
+    def look(where: str) -> None:
+        seen.append((where, loop.time(), timer.statistics().next_due))
+
+    def sync_callback() -> None:
+        look("callback")
+
+    async def async_callback() -> None:
+        look("callback")
+        await asyncio.sleep(0.3)
+
+    timer = Timer(
+        1.0,
+        sync_callback if kind == "sync" else async_callback,
+        observers=[lambda _record: look("observer")],
+    )
+    timer.start()
+    await asyncio.sleep(1.1)
+    look("between")
+    await asyncio.sleep(1.3)
+    look("idle")
+    timer.stop()
+    await timer.wait_stopped()
+    assert len(seen) == 6
+    assert all(due is None or due > now for _, now, due in seen), seen
+    assert seen[-1] == ("idle", 2.4, 3.0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -209,3 +211,101 @@ async def test_tick_records_are_immutable() -> None:
         records[0].due = 5.0  # type: ignore[misc]
     with pytest.raises(AttributeError):
         timer.statistics().ticks = 5  # type: ignore[misc]
+
+
+class Abort(BaseException):
+    """Neither an Exception nor a cancellation (asyncio reports it and the loop goes on)."""
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_base_exception_is_recorded_and_the_schedule_goes_on(kind: str) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context.get("exception")))
+    records: list[TickRecord] = []
+    calls: list[float] = []
+
+    def sync_callback() -> None:
+        calls.append(loop.time())
+        if len(calls) == 1:
+            raise Abort
+
+    async def async_callback() -> None:
+        sync_callback()
+
+    callback = sync_callback if kind == "sync" else async_callback
+    timer = Timer(1.0, callback, observers=[records.append])
+    timer.start()
+    await asyncio.sleep(3.5)
+    timer.stop()
+    await timer.wait_stopped()
+    assert calls == [1.0, 2.0, 3.0]
+    assert [r.outcome for r in records] == [Outcome.ERROR, Outcome.OK, Outcome.OK]
+    assert isinstance(records[0].error, Abort)
+    assert len(reported) == 1 and isinstance(reported[0], Abort)  # not swallowed either
+    assert timer.statistics().errors == 1 and not timer.in_flight
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_timeout_the_callback_swallows_is_still_a_timeout() -> None:
+    records: list[TickRecord] = []
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # a callback should not do this
+            await asyncio.sleep(3.0)
+
+    timer = Timer(10.0, stubborn, timeout=1.5, observers=[records.append])
+    timer.start()
+    await asyncio.sleep(12.0)
+    timer.stop()
+    await timer.wait_stopped()
+    assert [(r.started, r.finished, r.outcome) for r in records] == [(10.0, 11.5, Outcome.TIMEOUT)]
+    assert isinstance(records[0].error, TimeoutError)
+    assert timer.statistics().timeouts == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_cancellation_the_callback_swallows_is_recorded_and_not_swallowed() -> None:
+    records: list[TickRecord] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def stubborn() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3.0)
+
+    timer = Timer(1.0, stubborn, observers=[records.append])
+    timer.start()
+    await asyncio.sleep(1.5)
+    timer.stop(cancel=True)
+    await timer.wait_stopped()
+    assert [(r.finished, r.outcome) for r in records] == [(1.5, Outcome.CANCELLED)]
+    assert tasks[0].cancelled()  # the engine's task ends cancelled, as it was asked to
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_timeout_counts_from_the_start_of_the_tick(
+    stall: Callable[[float], None],
+) -> None:
+    """A tick that starts in a pass where an earlier callback hogs the loop for 1 s gets its
+    task's first step 1 s late; its 1.5 s timeout still ends 1.5 s after it started."""
+    records: list[TickRecord] = []
+
+    async def read() -> None:
+        await asyncio.sleep(1.2)
+
+    reader = Timer(10.0, read, timeout=1.5, align=True, observers=[records.append])
+    hog = Timer(10.0, lambda: stall(1.0), align=True)  # same due time, right after
+    reader.start()
+    hog.start()
+    await asyncio.sleep(13.0)
+    reader.stop()
+    hog.stop()
+    assert [(r.started, r.finished, r.outcome) for r in records] == [(10.0, 11.5, Outcome.TIMEOUT)]

@@ -313,3 +313,62 @@ async def test_stop_cancel_then_restart_never_overlaps_a_running_thread() -> Non
     assert peak == 1
     assert [r.outcome for r in records] == [Outcome.CANCELLED, Outcome.CANCELLED]
     assert records[1].started >= records[0].finished
+
+
+@pytest.mark.asyncio
+@pytest.mark.realtime
+async def test_a_thread_tick_cancelled_before_its_task_ran_still_waits_for_the_thread() -> None:
+    """stop(cancel=True) from a callback in the same scheduler pass, after the thread started
+    but before its tick's task took a step: the tick stays in flight until the thread returns."""
+    lock = threading.Lock()
+    running = peak = 0
+
+    def blocking() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+
+    reader = Timer(0.05, blocking, run_in_thread=True, align=True, name="reader")
+    killer = Timer(0.05, lambda: reader.stop(cancel=True), align=True, name="killer")
+    reader.start()
+    killer.start()  # the same due instants, armed after the reader: runs right after it
+    async with asyncio.timeout(5.0):
+        while reader.statistics().ticks == 0 and not reader.in_flight:
+            await asyncio.sleep(0.005)
+    killer.stop()
+    await reader.wait_stopped()
+    assert running == 0  # wait_stopped returned only once the thread had
+    reader.start()
+    async with asyncio.timeout(5.0):
+        while reader.statistics().ticks < 2:
+            await asyncio.sleep(0.01)
+    reader.stop()
+    await reader.wait_stopped()
+    assert peak == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.realtime
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_a_thread_callback_may_stop_its_own_timer(cancel: bool) -> None:
+    """stop() from the callback's own thread is handed to the loop (asyncio's debug mode
+    refuses loop calls from other threads, so it is on here)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    calls: list[str] = []
+
+    def once_then_stop() -> None:
+        calls.append(threading.current_thread().name)
+        timer.stop(cancel=cancel)
+
+    records: list[TickRecord] = []
+    timer = Timer(0.01, once_then_stop, run_in_thread=True, observers=[records.append])
+    timer.start()
+    async with asyncio.timeout(5.0):
+        await timer.wait_stopped()
+    assert len(calls) == 1 and not timer.running and not timer.in_flight
+    assert [r.outcome for r in records] == [Outcome.CANCELLED if cancel else Outcome.OK]

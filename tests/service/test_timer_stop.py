@@ -377,3 +377,49 @@ async def test_an_observer_that_stops_the_timer_ends_it(kind: str) -> None:
     assert [r.number for r in records] == [1, 2]
     stats = timer.statistics()
     assert (stats.ticks, stats.running, stats.next_due) == (2, False, None)
+
+
+def test_a_timer_whose_loop_closed_mid_tick_starts_on_a_new_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tick that starts while asyncio.run() shuts down (another task is still cleaning up)
+    gets a task nobody cancels: it is destroyed pending with its loop and can never complete.
+    A later start() on another loop forgets that tick, with a warning, instead of refusing."""
+    slow = True
+
+    async def poll() -> None:
+        await asyncio.sleep(1.0 if slow else 0.0)
+
+    async def cleanup_on_cancel() -> None:
+        try:
+            await asyncio.sleep(10.0)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # closes a connection gracefully
+            raise
+
+    timer = Timer(0.02, poll, immediate=True, name="poll")
+
+    async def first_run() -> None:
+        asyncio.get_running_loop().create_task(cleanup_on_cancel())
+        timer.start()
+        await asyncio.sleep(0.001)
+        timer.stop(cancel=True)
+        await timer.wait_stopped()
+        timer.start()  # main ends while it runs: its next tick starts during the clean-up
+
+    async def second_run() -> int:
+        timer.stop()
+        timer.start()
+        async with asyncio.timeout(5.0):
+            while timer.statistics().ticks < 3:
+                await asyncio.sleep(0.01)
+        timer.stop()
+        await timer.wait_stopped()
+        return timer.statistics().ticks
+
+    asyncio.run(first_run())
+    assert timer.in_flight  # the orphaned tick
+    slow = False
+    with caplog.at_level("WARNING", logger="gatebeat.engine"):
+        assert asyncio.run(second_run()) >= 3
+    assert "that tick is abandoned" in caplog.text

@@ -146,3 +146,26 @@ async def test_dense_ticks_are_coalesced_and_stay_under_a_millisecond_late() -> 
     assert min(r.lateness for r in records) >= 0.0
     lateness = sorted(r.lateness for r in records)
     assert lateness[len(lateness) // 2] < PRECISE_SLACK + 0.005  # generous: shared cores
+
+
+@pytest.mark.parametrize("interval", [1e19, 1e300])
+async def test_a_huge_interval_neither_raises_nor_spins(interval: float) -> None:
+    """A legal but huge interval: the timerfd is armed at its latest time instead of failing
+    (which left the descriptor readable, so the loop woke and failed again, thousands of
+    times a second)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    dormant = Timer(interval, lambda: None, name="dormant")
+    dormant.start()  # the earliest entry: arms the timerfd at once
+    assert Scheduler.for_loop().precise
+    wakes: list[float] = []
+    probe = Timer(0.01, lambda: wakes.append(loop.time()), name="probe")
+    probe.start()
+    async with asyncio.timeout(5.0):
+        while len(wakes) < 10:
+            await asyncio.sleep(0.01)
+    probe.stop()
+    dormant.stop()
+    assert errors == []
+    assert dormant.statistics().ticks == 0
