@@ -32,6 +32,7 @@ __all__ = [
     "WriteRefused",
     "check_response",
     "modbus_errors",
+    "request_label",
 ]
 
 EXCEPTION_CODE_NAMES: dict[int, str] = {
@@ -98,7 +99,10 @@ class ModbusExceptionResponse(TransportError):
         self.code = code
 
 
-def _where(device: str, function: str, address: int | None, count: int | None) -> str:
+def request_label(
+    device: str, function: str, address: int | None = None, count: int | None = None
+) -> str:
+    """``device 'NAME': FUNCTION at address A (count N)``: how every error names a request."""
     where = f"device {device!r}: {function}"
     if address is not None:
         where += f" at address {address}"
@@ -128,7 +132,7 @@ def modbus_errors(
         FrameError: a reply for another unit id or transaction.
         TransportError: any other pymodbus failure.
     """
-    where = _where(device, function, address, count)
+    where = request_label(device, function, address, count)
     try:
         yield
     except TransportError:
@@ -164,7 +168,7 @@ def check_response(
         ModbusExceptionResponse: the device answered with an exception code.
         FrameError: pymodbus returned nothing (no PDU) where a reply was expected.
     """
-    where = _where(device, function, address, count)
+    where = request_label(device, function, address, count)
     if response is None:
         raise FrameError(f"{where}: no reply PDU", device=device)
     if response.isError():

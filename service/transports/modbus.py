@@ -27,6 +27,7 @@ from service.transports.errors import (
     WriteRefused,
     check_response,
     modbus_errors,
+    request_label,
 )
 from service.transports.modbus_link import ModbusLink, link_for, release
 from service.transports.modbus_plan import READ_FUNCTION, ReadRequest, plan_reads
@@ -317,13 +318,12 @@ class ModbusSession:
             )
         await self._keep_request_gap(loop)
         async with self.bus.turn(self.device):
-            client = await self._link.client(self.device)
+            client = await self._link.client(
+                self.device, connect_within=self.settings.timeout + 1.0
+            )
             await self._keep_request_gap(loop)
             try:
-                self.requests_sent += 1
-                with modbus_errors(self.device, function, address=address, count=count):
-                    async with asyncio.timeout(self._link.exchange_deadline):
-                        response = await call(client)
+                response = await self._attempts(client, function, address, count, call)
             except DeviceTimeout:
                 self._backoff.failed(loop.time())
                 if not self._silent:
@@ -343,6 +343,41 @@ class ModbusSession:
             response, device=self.device, function=function, address=address, count=count
         )
 
+    async def _attempts(
+        self,
+        client: Any,
+        function: str,
+        address: int,
+        count: int,
+        call: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Send the request up to ``retries + 1`` times, each bounded by this device's
+        ``timeout`` (seconds), and return the first reply; call inside the bus turn.
+
+        The link is shared with devices whose timeout and retries may differ, so the attempts
+        are counted and timed here rather than by pymodbus (whose client serves them all).
+
+        Raises:
+            DeviceTimeout: no attempt got a reply in time.
+            TransportError: any other failure (not retried).
+        """
+        timeout = self.settings.timeout
+        attempts = self.settings.retries + 1
+        last: Exception | None = None
+        for _ in range(attempts):
+            self.requests_sent += 1
+            try:
+                async with asyncio.timeout(timeout):
+                    with modbus_errors(self.device, function, address=address, count=count):
+                        return await call(client)
+            except (TimeoutError, DeviceTimeout) as exc:
+                last = exc
+        label = request_label(self.device, function, address, count)
+        raise DeviceTimeout(
+            f"{label}: no reply within {timeout} s ({attempts} attempt(s), retries {attempts - 1})",
+            device=self.device,
+        ) from last
+
     async def _keep_request_gap(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.settings.request_gap:
             wait = self._last_end + self.settings.request_gap - loop.time()
@@ -353,4 +388,4 @@ class ModbusSession:
         """Release the link; the last session on it closes the connection. Idempotent."""
         if not self._closed:
             self._closed = True
-            release(self.bus, self._link)
+            release(self.bus, self._link, device=self.device)

@@ -8,6 +8,11 @@ The link connects lazily, on the first request. pymodbus's own reconnect loop is
 (``reconnect_delay=0``) in favour of :class:`~service.transports.backoff.Backoff`: a failed
 connect makes requests fail fast with ``DeviceUnavailable`` until the next attempt is due, so a
 device that is offline at startup is retried for ever and blocks nobody.
+
+Each device's ``timeout`` and ``retries`` apply to its own requests: pymodbus's client is built
+with ``retries=0`` and a reply wait longer than any device's timeout (:attr:`ModbusLink.
+wait_ceiling`), and the session bounds and repeats each attempt itself. Only what belongs to the
+connection (line settings, reconnect bounds, ``connect_pause``) comes from the first device.
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ def link_key(settings: ModbusSettings) -> str:
     return f"tcp:{settings.host}:{settings.port}"
 
 
+WAIT_MARGIN = 1.0
+"""Seconds pymodbus's own reply wait exceeds the longest device timeout on the link, so the
+session's per-attempt timeout (the device's ``timeout``) always ends an attempt first."""
+
+
 class ModbusLink:
     """One pymodbus client and its connection state, shared by the devices behind it.
 
     Args:
-        settings: the settings of the first device opened on the link (its timeout, retries
-            and reconnect bounds apply to the whole link).
+        settings: the settings of the first device opened on the link (its line settings,
+            reconnect bounds and ``connect_pause`` apply to the whole link; ``timeout`` and
+            ``retries`` stay per device, see :meth:`join`).
         key: the link's identity, see :func:`link_key`.
     """
 
@@ -67,23 +78,39 @@ class ModbusLink:
             jitter=settings.reconnect_jitter,
         )
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._client_wait = 0.0
+        self._timeouts: dict[str, float] = {}
         self._down = False
 
+    def join(self, device: str, timeout: float) -> None:
+        """Count ``device`` as a user whose requests wait up to ``timeout`` seconds per attempt."""
+        self.users += 1
+        self._timeouts[device] = timeout
+
+    def leave(self, device: str) -> None:
+        """Drop one user (see :func:`release`)."""
+        self.users -= 1
+        self._timeouts.pop(device, None)
+
     @property
-    def exchange_deadline(self) -> float:
-        """Seconds one request may take at most, all retries included, plus a small margin."""
-        return self.settings.timeout * (self.settings.retries + 1) + 0.5
+    def wait_ceiling(self) -> float:
+        """Seconds pymodbus waits for a reply: the longest device timeout plus ``WAIT_MARGIN``.
+
+        pymodbus must never end an attempt on its own: the session ends it after the
+        requesting device's ``timeout``.
+        """
+        return max(self._timeouts.values(), default=self.settings.timeout) + WAIT_MARGIN
 
     @property
     def connected(self) -> bool:
         """True while the client holds an open connection."""
         return self._client is not None and self._client.connected
 
-    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _make_client(self, wait: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         s = self.settings
         common: dict[str, Any] = {
-            "timeout": s.timeout,
-            "retries": s.retries,
+            "timeout": wait,
+            "retries": 0,  # the session repeats attempts with each device's own retries
             "reconnect_delay": 0,
             "reconnect_delay_max": 0,
         }
@@ -100,12 +127,20 @@ class ModbusLink:
         framer = FramerType.RTU if isinstance(s, ModbusRtuOverTcpSettings) else FramerType.SOCKET
         return AsyncModbusTcpClient(s.host, port=s.port, framer=framer, **common)
 
-    async def client(self, device: str) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    async def client(
+        self, device: str, *, connect_within: float
+    ) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         """Return the connected client, connecting first when due; call inside a bus turn.
+
+        Args:
+            device: the device asking (named in errors).
+            connect_within: seconds a connect may take (the device's ``timeout`` plus one).
 
         Raises:
             DeviceUnavailable: the link is backing off after a failure, or connecting failed.
         """
+        if self._client is not None and self._client_wait < self.wait_ceiling:
+            self.close()  # a device with a longer timeout joined: rebuild with a longer wait
         if self._client is not None and self._client.connected:
             return self._client
         loop = asyncio.get_running_loop()
@@ -116,9 +151,10 @@ class ModbusLink:
                 device=device,
             )
         if self._client is None:
-            self._client = self._make_client()
+            self._client_wait = self.wait_ceiling
+            self._client = self._make_client(self._client_wait)
         with modbus_errors(device, f"connect to {self.key}"):
-            async with asyncio.timeout(self.settings.timeout + 1.0):
+            async with asyncio.timeout(connect_within):
                 ok = await self._client.connect()
         if not ok:
             wait = self.backoff.failed(loop.time())
@@ -173,13 +209,13 @@ def link_for(bus: Bus, settings: ModbusSettings, *, device: str) -> ModbusLink:
                     f"device {device!r}: {name} {mine!r} differs from {theirs!r} used by the "
                     f"other devices on {key}"
                 )
-    link.users += 1
+    link.join(device, settings.timeout)
     return link
 
 
-def release(bus: Bus, link: ModbusLink) -> None:
-    """Drop one user of ``link``; the last one closes it."""
-    link.users -= 1
+def release(bus: Bus, link: ModbusLink, *, device: str) -> None:
+    """Drop ``device`` as a user of ``link``; the last one closes it."""
+    link.leave(device)
     if link.users <= 0:
         link.close()
         links = _links.get(bus)
