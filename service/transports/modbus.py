@@ -197,18 +197,9 @@ class ModbusSession:
             return getattr(client, function)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
 
         response = await self._exchange(function, address, count, call)
-        values: list[int] | list[bool]
         if table in ("coil", "discrete"):
-            values = list(response.bits[:count])
-        else:
-            values = list(response.registers)
-        if len(values) != count:
-            raise FrameError(
-                f"device {self.device!r}: {function} at address {address}: asked for {count}, "
-                f"got {len(values)}",
-                device=self.device,
-            )
-        return values
+            return list(response.bits[:count])  # length checked by check_response
+        return list(response.registers)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -324,6 +315,15 @@ class ModbusSession:
             await self._keep_request_gap(loop)
             try:
                 response = await self._attempts(client, function, address, count, call)
+                self._answered()
+                return check_response(
+                    response,
+                    device=self.device,
+                    function=function,
+                    address=address,
+                    count=count,
+                    unit=self.unit_id,
+                )
             except DeviceTimeout:
                 self._backoff.failed(loop.time())
                 if not self._silent:
@@ -333,15 +333,19 @@ class ModbusSession:
             except DeviceUnavailable:
                 self._link.drop()
                 raise
+            except (FrameError, asyncio.CancelledError):
+                # The reply to this request may still be on its way (RTU: no transaction id).
+                self._link.reply_lost(quiet=self.settings.timeout)
+                raise
             finally:
                 self._last_end = loop.time()
+
+    def _answered(self) -> None:
+        """The device replied: end its backoff, and log once that it answers again."""
         if self._silent:
             self._silent = False
             log.info("device %s answers again", self.device)
         self._backoff.succeeded()
-        return check_response(
-            response, device=self.device, function=function, address=address, count=count
-        )
 
     async def _attempts(
         self,
@@ -364,19 +368,27 @@ class ModbusSession:
         timeout = self.settings.timeout
         attempts = self.settings.retries + 1
         last: Exception | None = None
-        for _ in range(attempts):
-            self.requests_sent += 1
-            try:
-                async with asyncio.timeout(timeout):
-                    with modbus_errors(self.device, function, address=address, count=count):
-                        return await call(client)
-            except (TimeoutError, DeviceTimeout) as exc:
-                last = exc
-        label = request_label(self.device, function, address, count)
-        raise DeviceTimeout(
-            f"{label}: no reply within {timeout} s ({attempts} attempt(s), retries {attempts - 1})",
-            device=self.device,
-        ) from last
+        try:
+            for _ in range(attempts):
+                self.requests_sent += 1
+                try:
+                    async with asyncio.timeout(timeout):
+                        with modbus_errors(self.device, function, address=address, count=count):
+                            return await call(client)
+                except (TimeoutError, DeviceTimeout) as exc:
+                    last = exc
+            label = request_label(self.device, function, address, count)
+            raise DeviceTimeout(
+                f"{label}: no reply within {timeout} s "
+                f"({attempts} attempt(s), retries {attempts - 1})",
+                device=self.device,
+            ) from last
+        finally:
+            if last is not None:
+                # A given-up attempt's reply may still come. During a retry of the same
+                # request it is a fine answer; after the last attempt it must not be taken for
+                # the next request's: the link resyncs first (RTU only).
+                self._link.reply_lost(quiet=timeout)
 
     async def _keep_request_gap(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.settings.request_gap:

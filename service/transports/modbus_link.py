@@ -13,6 +13,17 @@ Each device's ``timeout`` and ``retries`` apply to its own requests: pymodbus's 
 with ``retries=0`` and a reply wait longer than any device's timeout (:attr:`ModbusLink.
 wait_ceiling`), and the session bounds and repeats each attempt itself. Only what belongs to the
 connection (line settings, reconnect bounds, ``connect_pause``) comes from the first device.
+
+RTU frames carry no transaction id, so a reply that comes after its request was given up
+(a timed-out attempt, a cancelled or mismatched exchange) would be taken for the answer to the
+next request. After such a loss (:meth:`ModbusLink.reply_lost`) the next exchange on an RTU
+link first waits until the line has been silent for the lost request's ``timeout`` (at most
+``RESYNC_LIMIT`` times that), and pymodbus drops whatever arrives while no request is
+outstanding; RTU over TCP also reconnects, which discards all the old connection still brings.
+A reply later than that can still be mistaken when it has the same unit, function and length
+(no RTU master can tell); the response checks (:func:`~service.transports.errors.
+check_response`) catch the rest. Modbus TCP needs none of this: pymodbus skips replies whose
+transaction id is not the one awaited.
 """
 
 from __future__ import annotations
@@ -57,6 +68,10 @@ WAIT_MARGIN = 1.0
 """Seconds pymodbus's own reply wait exceeds the longest device timeout on the link, so the
 session's per-attempt timeout (the device's ``timeout``) always ends an attempt first."""
 
+RESYNC_LIMIT = 2.0
+"""The wait for silence after a lost RTU reply lasts at most this many times its quiet period
+(a line that never goes quiet is noise, not a late reply: the response checks remain)."""
+
 
 class ModbusLink:
     """One pymodbus client and its connection state, shared by the devices behind it.
@@ -81,6 +96,9 @@ class ModbusLink:
         self._client_wait = 0.0
         self._timeouts: dict[str, float] = {}
         self._down = False
+        self._last_received = -float("inf")
+        self._lost_at: float | None = None
+        self._quiet = 0.0
 
     def join(self, device: str, timeout: float) -> None:
         """Count ``device`` as a user whose requests wait up to ``timeout`` seconds per attempt."""
@@ -102,6 +120,48 @@ class ModbusLink:
         return max(self._timeouts.values(), default=self.settings.timeout) + WAIT_MARGIN
 
     @property
+    def rtu(self) -> bool:
+        """True when frames are RTU (serial line, or RTU over TCP): no transaction ids."""
+        return isinstance(self.settings, ModbusRtuSettings | ModbusRtuOverTcpSettings)
+
+    def reply_lost(self, *, quiet: float) -> None:
+        """Note that a reply may still arrive for a request nobody awaits any more.
+
+        On RTU the next exchange first waits for ``quiet`` seconds (the lost request's
+        timeout) of silence, and RTU over TCP drops the connection now; on Modbus TCP this does
+        nothing (transaction ids tell replies apart). Call it inside the bus turn.
+        """
+        if not self.rtu:
+            return
+        self._lost_at = asyncio.get_running_loop().time()
+        self._quiet = max(self._quiet, quiet)
+        if not isinstance(self.settings, ModbusRtuSettings):
+            self.drop()
+
+    def _traced(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's packet hook: note when bytes last arrived (loop time)."""
+        if not sending:
+            self._last_received = asyncio.get_running_loop().time()
+        return data
+
+    async def _resync(self) -> None:
+        """After a lost reply, wait until the line has been quiet long enough (bounded)."""
+        if self._lost_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESYNC_LIMIT * self._quiet
+        while True:
+            quiet_at = max(self._lost_at, self._last_received) + self._quiet
+            now = loop.time()
+            if now >= quiet_at or now >= deadline:
+                break
+            await asyncio.sleep(min(quiet_at, deadline) - now)
+        if loop.time() < quiet_at:
+            log.debug("Modbus link %s: not quiet after %.3f s; going on", self.key, self._quiet)
+        self._lost_at = None
+        self._quiet = 0.0
+
+    @property
     def connected(self) -> bool:
         """True while the client holds an open connection."""
         return self._client is not None and self._client.connected
@@ -113,6 +173,7 @@ class ModbusLink:
             "retries": 0,  # the session repeats attempts with each device's own retries
             "reconnect_delay": 0,
             "reconnect_delay_max": 0,
+            "trace_packet": self._traced,
         }
         if isinstance(s, ModbusRtuSettings):
             return AsyncModbusSerialClient(
@@ -132,6 +193,9 @@ class ModbusLink:
     ) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         """Return the connected client, connecting first when due; call inside a bus turn.
 
+        After a lost reply on RTU this first waits for the line to go quiet (see
+        :meth:`reply_lost`).
+
         Args:
             device: the device asking (named in errors).
             connect_within: seconds a connect may take (the device's ``timeout`` plus one).
@@ -141,8 +205,13 @@ class ModbusLink:
         """
         if self._client is not None and self._client_wait < self.wait_ceiling:
             self.close()  # a device with a longer timeout joined: rebuild with a longer wait
-        if self._client is not None and self._client.connected:
-            return self._client
+        if self._client is None or not self._client.connected:
+            await self._connect(device, connect_within)
+        await self._resync()
+        assert self._client is not None
+        return self._client
+
+    async def _connect(self, device: str, connect_within: float) -> None:
         loop = asyncio.get_running_loop()
         if self.backoff.backing_off(loop.time()):
             wait = self.backoff.retry_at - loop.time()
@@ -171,7 +240,6 @@ class ModbusLink:
             log.info("Modbus link %s is up again", self.key)
         if self.settings.connect_pause:
             await asyncio.sleep(self.settings.connect_pause)
-        return self._client
 
     def drop(self) -> None:
         """Close the connection after an I/O failure, so the next request reconnects."""
