@@ -30,7 +30,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from service.budget import BusLoad, DeviceLoad, TimerLoad, check_budget
 from service.registry import DriverError, Registry, discover
-from service.settings_devices import ResolvedDevice, ResolvedTimer, gap_of, resolve_device
+from service.settings_devices import ResolvedDevice, ResolvedTimer, bus_gap, resolve_device
 from service.settings_errors import ConfigError, format_location, translate_errors
 from service.settings_models import (
     MAX_DEVICES,
@@ -198,7 +198,7 @@ def _budget_findings(devices: Sequence[ResolvedDevice]) -> list[str]:
     loads = [
         BusLoad(
             name=name,
-            gap=max(gap_of(d.transport) for d in members),
+            gap=bus_gap(members),
             devices=tuple(
                 DeviceLoad(
                     name=d.name,
