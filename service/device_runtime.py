@@ -3,9 +3,10 @@
 The runner builds one :class:`DeviceRuntime` per enabled device. Each poll becomes a DELAY
 timer and each heartbeat a FIXED timer on the shared engine; the driver's extra ``TRIGGERS``
 run through a :class:`~service.triggers_hooks.TriggerSet`. Every tick updates the device's
-:class:`~service.health.DeviceHealth`: a success merges its readings, a failure drops the
-readings that timer produced (never exporting an old value as fresh) and counts the error, and
-the exception is re-raised so the engine counts it in ``gatebeat_tick_errors_total``.
+:class:`~service.health.DeviceHealth`: a success merges its readings and drops the fields the
+timer produced last time but not this time (an optional value the device left out), a failure
+drops the readings that timer produced (never exporting an old value as fresh) and counts the
+error, and the exception is re-raised so the engine counts it in ``gatebeat_tick_errors_total``.
 """
 
 from __future__ import annotations
@@ -141,9 +142,13 @@ class DeviceRuntime:
             self.health.record_failure(exc, now=loop.time(), fields=fields)
             self._note_transition()
             raise
-        if readings:
-            self._fields[spec.name] = frozenset(readings)
-        self.health.record_success(readings or None, now=loop.time())
+        produced = frozenset(readings or ())
+        before = self._fields.get(spec.name, frozenset())
+        self._fields[spec.name] = produced
+        # Fields this timer no longer produces go, unless another timer still produces them.
+        others = frozenset().union(*(f for n, f in self._fields.items() if n != spec.name))
+        gone = before - produced - others
+        self.health.record_success(readings or None, now=loop.time(), dropped=gone)
         self._note_transition()
 
     def check_stale(self, now: float) -> bool:

@@ -173,16 +173,27 @@ class DeviceHealth:
 
     # -- write side (event loop) -------------------------------------------------------------
 
-    def record_success(self, readings: Readings | None = None, *, now: float) -> None:
+    def record_success(
+        self, readings: Readings | None = None, *, now: float, dropped: Iterable[str] = ()
+    ) -> None:
         """Record a successful tick at loop time ``now`` (seconds), with its readings if any.
 
         Readings are merged into the device's fresh readings (a device may have several polls
         producing different fields). NaN values are dropped: a reading is a number or absent.
 
+        Args:
+            readings: what the tick read (field -> value), or ``None``.
+            now: loop time of the success, seconds.
+            dropped: fields to remove first: the ones this timer produced last time but not
+                now (an optional value the device did not report), so no old value is
+                exported as fresh.
+
         Raises:
             InvalidFieldName: a field name cannot become a metric name; nothing is recorded.
         """
         merged = dict(self._snapshot.readings)
+        for name in dropped:
+            merged.pop(name, None)
         if readings:
             for name, value in readings.items():
                 validate_field_name(name, device=self.device)

@@ -34,7 +34,7 @@ from service.metrics import MetricsHub
 from service.scheduler import Scheduler
 from service.scrape_gate import ScrapeGate
 from service.settings import GatebeatSettings
-from service.settings_devices import gap_of
+from service.settings_devices import ResolvedDevice, bus_gap, gap_of
 from service.systemd import SystemdNotifier
 from service.timer import Timer
 from service.watchdog import Watchdog
@@ -89,12 +89,7 @@ async def serve(
         else None
     )
     devices = [d for d in settings.resolved_devices if d.enabled]
-    buses: dict[str, Bus] = {}
-    for device in devices:
-        if device.bus not in buses:
-            bus = Bus(device.bus, gap=gap_of(device.transport))
-            bus.add_observer(hub.observe_bus)
-            buses[device.bus] = bus
+    buses = _buses(devices, hub)
     runtimes: list[DeviceRuntime] = []
     watchdog = Watchdog(
         max_lag=runtime.max_loop_lag,
@@ -216,6 +211,26 @@ async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
             await asyncio.gather(*(r.close() for r in runtimes))
     except TimeoutError:
         logger.warning("shutdown hooks and transports did not finish within %.1f s", budget)
+
+
+def _buses(devices: list[ResolvedDevice], hub: MetricsHub) -> dict[str, Bus]:
+    """One :class:`Bus` per bus name, keeping the largest gap its devices ask for (seconds)."""
+    members: dict[str, list[ResolvedDevice]] = {}
+    for device in devices:
+        members.setdefault(device.bus, []).append(device)
+    buses: dict[str, Bus] = {}
+    for name, group in members.items():
+        bus = buses[name] = Bus(name, gap=bus_gap(group))
+        bus.add_observer(hub.observe_bus)
+        gaps = {d.name: gap_of(d.transport) for d in group}
+        if len(set(gaps.values())) > 1:
+            logger.info(
+                "bus=%s gap=%.6g s: the largest of its devices' gaps (seconds: %s)",
+                name,
+                bus.gap,
+                ", ".join(f"{device}={gap:.6g}" for device, gap in gaps.items()),
+            )
+    return buses
 
 
 def _on_signal(signum: int, stop: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ refused once, with all of them.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from service.settings_models import DeviceSettings, TimerSettings
 from service.transports import modbus, serial
 from service.transports.serial import SerialSettings
 
-__all__ = ["ResolvedDevice", "ResolvedTimer", "bus_of", "gap_of", "resolve_device"]
+__all__ = ["ResolvedDevice", "ResolvedTimer", "bus_gap", "bus_of", "gap_of", "resolve_device"]
 
 _TIMER_KINDS: dict[str, str] = {"polls": "poll", "heartbeats": "heartbeat"}
 _MODBUS_KINDS = frozenset({"modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"})
@@ -125,6 +125,16 @@ def gap_of(transport: Any) -> float:
     if isinstance(transport, SerialSettings):
         return serial.default_gap(transport)
     return modbus.default_gap(transport)
+
+
+def bus_gap(members: Iterable[ResolvedDevice]) -> float:
+    """Seconds of silence a shared bus keeps between frames: the largest gap of its devices.
+
+    Every device on a line gets at least the silence it asked for (a quirky device's 30 ms
+    applies to the whole line, whichever device is listed first), and the timing budget
+    counts the same gap.
+    """
+    return max((gap_of(d.transport) for d in members), default=0.0)
 
 
 def _field_keys(model: type[BaseModel]) -> set[str]:

@@ -24,6 +24,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 __all__ = [
     "EXCEPTION_CODE_NAMES",
+    "FUNCTION_CODES",
     "DeviceTimeout",
     "DeviceUnavailable",
     "FrameError",
@@ -32,6 +33,7 @@ __all__ = [
     "WriteRefused",
     "check_response",
     "modbus_errors",
+    "request_label",
 ]
 
 EXCEPTION_CODE_NAMES: dict[int, str] = {
@@ -47,6 +49,18 @@ EXCEPTION_CODE_NAMES: dict[int, str] = {
     11: "gateway target device failed to respond",
 }
 """Modbus exception codes (Modbus Application Protocol v1.1b3, section 7) and their names."""
+
+FUNCTION_CODES: dict[str, int] = {
+    "read_coils": 1,
+    "read_discrete_inputs": 2,
+    "read_holding_registers": 3,
+    "read_input_registers": 4,
+    "write_coil": 5,
+    "write_register": 6,
+    "write_coils": 15,
+    "write_registers": 16,
+}
+"""The Modbus function code of each request the sessions send (by pymodbus method name)."""
 
 
 class TransportError(Exception):
@@ -98,7 +112,10 @@ class ModbusExceptionResponse(TransportError):
         self.code = code
 
 
-def _where(device: str, function: str, address: int | None, count: int | None) -> str:
+def request_label(
+    device: str, function: str, address: int | None = None, count: int | None = None
+) -> str:
+    """``device 'NAME': FUNCTION at address A (count N)``: how every error names a request."""
     where = f"device {device!r}: {function}"
     if address is not None:
         where += f" at address {address}"
@@ -128,7 +145,7 @@ def modbus_errors(
         FrameError: a reply for another unit id or transaction.
         TransportError: any other pymodbus failure.
     """
-    where = _where(device, function, address, count)
+    where = request_label(device, function, address, count)
     try:
         yield
     except TransportError:
@@ -149,24 +166,52 @@ def modbus_errors(
 
 
 def check_response(
-    response: Any, *, device: str, function: str, address: int, count: int | None = None
+    response: Any,
+    *,
+    device: str,
+    function: str,
+    address: int,
+    count: int | None = None,
+    unit: int | None = None,
 ) -> Any:
-    """Return ``response``, or raise when it is a Modbus exception response (``isError()``).
+    """Return ``response`` if it answers the request; raise when it does not, or when it is a
+    Modbus exception response (``isError()``).
+
+    A reply must carry the request's function code (plus 0x80 for an exception response) and,
+    unless the request was a broadcast (unit 0), the request's unit id: RTU frames have no
+    transaction id, so a late reply to an earlier request, or another unit's, is told apart only
+    by these.
 
     Args:
         response: the PDU pymodbus returned.
         device: the device name.
-        function: the request's function name.
+        function: the request's function name (``"read_holding_registers"``, ...).
         address: the request's first address.
         count: the number of registers or bits asked for, if any.
+        unit: the request's unit id; ``None`` skips the unit check.
 
     Raises:
+        FrameError: no reply PDU, a reply for another function code or unit id, or a read reply
+            with another number of registers (bytes of bits) than ``count`` asks for.
         ModbusExceptionResponse: the device answered with an exception code.
-        FrameError: pymodbus returned nothing (no PDU) where a reply was expected.
     """
-    where = _where(device, function, address, count)
+    where = request_label(device, function, address, count)
     if response is None:
         raise FrameError(f"{where}: no reply PDU", device=device)
+    expected = FUNCTION_CODES.get(function)
+    got = getattr(response, "function_code", None)
+    if expected is not None and isinstance(got, int) and got & 0x7F != expected:
+        raise FrameError(
+            f"{where}: reply has function code {got & 0x7F}, the request had {expected} "
+            f"(a late reply to an earlier request, or noise)",
+            device=device,
+        )
+    replied_unit = getattr(response, "dev_id", None)
+    if unit and isinstance(replied_unit, int) and replied_unit != unit:
+        raise FrameError(
+            f"{where}: reply comes from unit id {replied_unit}, the request went to unit {unit}",
+            device=device,
+        )
     if response.isError():
         code = int(getattr(response, "exception_code", 0))
         name = EXCEPTION_CODE_NAMES.get(code, "unknown exception code")
@@ -177,4 +222,18 @@ def check_response(
             address=address,
             code=code,
         )
+    if count is not None and expected in (3, 4):
+        registers = len(getattr(response, "registers", ()))
+        if registers != count:
+            raise FrameError(
+                f"{where}: asked for {count} registers, got {registers}", device=device
+            )
+    if count is not None and expected in (1, 2):
+        data_bytes = (len(getattr(response, "bits", ())) + 7) // 8  # bits come in whole bytes
+        if data_bytes != (count + 7) // 8:
+            raise FrameError(
+                f"{where}: asked for {count} bits ({(count + 7) // 8} bytes), got {data_bytes} "
+                f"bytes",
+                device=device,
+            )
     return response

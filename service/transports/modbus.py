@@ -27,6 +27,7 @@ from service.transports.errors import (
     WriteRefused,
     check_response,
     modbus_errors,
+    request_label,
 )
 from service.transports.modbus_link import ModbusLink, link_for, release
 from service.transports.modbus_plan import READ_FUNCTION, ReadRequest, plan_reads
@@ -196,18 +197,9 @@ class ModbusSession:
             return getattr(client, function)(address, count=count, device_id=unit)  # type: ignore[no-any-return]
 
         response = await self._exchange(function, address, count, call)
-        values: list[int] | list[bool]
         if table in ("coil", "discrete"):
-            values = list(response.bits[:count])
-        else:
-            values = list(response.registers)
-        if len(values) != count:
-            raise FrameError(
-                f"device {self.device!r}: {function} at address {address}: asked for {count}, "
-                f"got {len(values)}",
-                device=self.device,
-            )
-        return values
+            return list(response.bits[:count])  # length checked by check_response
+        return list(response.registers)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -317,13 +309,21 @@ class ModbusSession:
             )
         await self._keep_request_gap(loop)
         async with self.bus.turn(self.device):
-            client = await self._link.client(self.device)
+            client = await self._link.client(
+                self.device, connect_within=self.settings.timeout + 1.0
+            )
             await self._keep_request_gap(loop)
             try:
-                self.requests_sent += 1
-                with modbus_errors(self.device, function, address=address, count=count):
-                    async with asyncio.timeout(self._link.exchange_deadline):
-                        response = await call(client)
+                response = await self._attempts(client, function, address, count, call)
+                self._answered()
+                return check_response(
+                    response,
+                    device=self.device,
+                    function=function,
+                    address=address,
+                    count=count,
+                    unit=self.unit_id,
+                )
             except DeviceTimeout:
                 self._backoff.failed(loop.time())
                 if not self._silent:
@@ -333,15 +333,62 @@ class ModbusSession:
             except DeviceUnavailable:
                 self._link.drop()
                 raise
+            except (FrameError, asyncio.CancelledError):
+                # The reply to this request may still be on its way (RTU: no transaction id).
+                self._link.reply_lost(quiet=self.settings.timeout)
+                raise
             finally:
                 self._last_end = loop.time()
+
+    def _answered(self) -> None:
+        """The device replied: end its backoff, and log once that it answers again."""
         if self._silent:
             self._silent = False
             log.info("device %s answers again", self.device)
         self._backoff.succeeded()
-        return check_response(
-            response, device=self.device, function=function, address=address, count=count
-        )
+
+    async def _attempts(
+        self,
+        client: Any,
+        function: str,
+        address: int,
+        count: int,
+        call: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Send the request up to ``retries + 1`` times, each bounded by this device's
+        ``timeout`` (seconds), and return the first reply; call inside the bus turn.
+
+        The link is shared with devices whose timeout and retries may differ, so the attempts
+        are counted and timed here rather than by pymodbus (whose client serves them all).
+
+        Raises:
+            DeviceTimeout: no attempt got a reply in time.
+            TransportError: any other failure (not retried).
+        """
+        timeout = self.settings.timeout
+        attempts = self.settings.retries + 1
+        last: Exception | None = None
+        try:
+            for _ in range(attempts):
+                self.requests_sent += 1
+                try:
+                    async with asyncio.timeout(timeout):
+                        with modbus_errors(self.device, function, address=address, count=count):
+                            return await call(client)
+                except (TimeoutError, DeviceTimeout) as exc:
+                    last = exc
+            label = request_label(self.device, function, address, count)
+            raise DeviceTimeout(
+                f"{label}: no reply within {timeout} s "
+                f"({attempts} attempt(s), retries {attempts - 1})",
+                device=self.device,
+            ) from last
+        finally:
+            if last is not None:
+                # A given-up attempt's reply may still come. During a retry of the same
+                # request it is a fine answer; after the last attempt it must not be taken for
+                # the next request's: the link resyncs first (RTU only).
+                self._link.reply_lost(quiet=timeout)
 
     async def _keep_request_gap(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.settings.request_gap:
@@ -353,4 +400,4 @@ class ModbusSession:
         """Release the link; the last session on it closes the connection. Idempotent."""
         if not self._closed:
             self._closed = True
-            release(self.bus, self._link)
+            release(self.bus, self._link, device=self.device)

@@ -75,7 +75,10 @@ class _ModbusCommon(BaseModel):
     )
     gap: Pause | None = Field(
         default=None,
-        description="Seconds of silence between frames on the bus (default: RTU 3.5 chars, TCP 0).",
+        description=(
+            "Seconds of silence between frames on the bus (default: RTU 3.5 chars, TCP 0); "
+            "a shared bus keeps the largest gap of its devices."
+        ),
     )
 
 

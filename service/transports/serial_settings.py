@@ -67,7 +67,8 @@ class SerialSettings(BaseModel):
         default=None, description="Bus name shared with other devices on one line."
     )
     gap: float | None = Field(
-        default=None, description="Silence between frames on the bus, seconds."
+        default=None,
+        description="Silence between frames on the bus, seconds; a shared bus keeps the largest.",
     )
 
     @field_validator("timeout", "reconnect_delay", "reconnect_delay_max", mode="before")

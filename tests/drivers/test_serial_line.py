@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -12,9 +14,14 @@ from drivers import serial_line
 from drivers.serial_line import Poll, ReplyMismatch, parse_reply
 from service.bus import Bus
 from service.driver import Device, Tick, TimerSpec
+from service.http import Exporter
+from service.runner import serve
+from service.settings import load_settings
 from service.simulators.serial import SerialSimulator
 from service.transports.errors import DeviceTimeout
 from service.transports.serial import SerialLineSession, SerialSettings
+from tests.e2e.helpers import free_port
+from tests.faults.support import Samples, await_until, scrape_where, value
 
 THERMO = r"^(?P<temperature_celsius>-?\d+(?:\.\d+)?)$"
 
@@ -100,3 +107,77 @@ async def test_poll_on_a_pty() -> None:
         with pytest.raises(DeviceTimeout, match="device 'thermo'"):
             await serial_line.poll(tick(device, options))
         assert [r.command for r in sim.requests] == ["READ?"] * 3
+
+
+SERVED = r"""
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[devices]]
+name = "th"
+driver = "serial_line"
+transport = {{ kind = "serial", port = "{port}", timeout = 0.3 }}
+
+  [[devices.polls]]
+  name = "env"
+  interval = 0.05
+  command = "READ?\r\n"
+  reply = '^(?P<temperature_celsius>-?\d+(?:\.\d+)?)(?:,(?P<humidity_percent>\d+))?$'
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_group_the_reply_leaves_out_is_no_longer_exported(tmp_path: Path) -> None:
+    """A group that did not take part in the match is left out of the readings, so its old
+    value must leave ``/metrics`` too (it is not fresh), while the device stays up."""
+    reply = ["21.5,40"]
+
+    def reading(metrics: Samples, field: str) -> float | None:
+        return value(metrics, f"gatebeat_reading_{field}", device="th")
+
+    async with SerialSimulator(lambda _command: reply[0]) as sim:
+        metrics_port = free_port()
+        config = tmp_path / "gatebeat.toml"
+        config.write_text(SERVED.format(metrics_port=metrics_port, port=sim.path))
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+
+        def on_ready(_exporter: Exporter) -> None:
+            ready.set()
+
+        task = asyncio.create_task(
+            serve(load_settings(str(config), env={}), stop=stop, on_ready=on_ready,
+                  handle_signals=False)
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(10):
+                await ready.wait()
+            await await_until(
+                scrape_where(
+                    metrics_port,
+                    lambda m: (
+                        reading(m, "temperature_celsius") == 21.5
+                        and reading(m, "humidity_percent") == 40.0
+                    ),
+                ),
+                timeout=10,
+                what="both readings exported",
+            )
+            reply[0] = "22.0"  # the humidity sensor stops reporting
+            later = await await_until(
+                scrape_where(metrics_port, lambda m: reading(m, "temperature_celsius") == 22.0),
+                timeout=10,
+                what="the new temperature exported",
+            )
+            assert reading(later, "humidity_percent") is None
+            assert value(later, "gatebeat_device_up", device="th", driver="serial_line") == 1.0
+            reply[0] = "22.5,41"  # and comes back
+            await await_until(
+                scrape_where(metrics_port, lambda m: reading(m, "humidity_percent") == 41.0),
+                timeout=10,
+                what="humidity exported again",
+            )
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                assert await task == 0

@@ -11,17 +11,37 @@ bus), so only the engine and the loop are shared:
 * ``silent`` talks to a TCP server that accepts, reads and never answers: each tick is bounded
   by the transport timeout;
 * ``healthy`` must keep its heartbeat lateness under 10 ms and keep ticking.
+
+Then, at the session level, devices whose replies do not belong to the request: a reply that
+comes after its request timed out (or was cancelled) on Modbus RTU, which has no transaction id,
+must never be taken for the answer to the next request; and a Modbus TCP reply with another
+function code or register count is a ``FrameError``, never a reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from service.simulators.modbus import ModbusSimulator, boiler_profile, plc_watchdog_profile
+from service.bus import Bus
+from service.simulators.modbus import (
+    ModbusSimulator,
+    UnitProfile,
+    boiler_profile,
+    plc_watchdog_profile,
+)
+from service.transports.errors import DeviceTimeout, DeviceUnavailable, FrameError
+from service.transports.modbus import (
+    ModbusRtuOverTcpSettings,
+    ModbusRtuSettings,
+    ModbusSession,
+    ModbusTcpSettings,
+)
 from tests.e2e.helpers import free_port, gatebeat, scrape, stop
 from tests.faults.support import (
     Samples,
@@ -267,3 +287,156 @@ async def test_slow_failing_misaddressed_and_silent_devices_leave_the_healthy_on
     assert _up(final, "healthy") == 1.0
     text = log.read_text()
     assert "Traceback" not in text, text
+
+
+# -- replies that do not belong to the request -----------------------------------------------
+
+HOLDING = {0: [1000, 1001], 20: [1020, 1021]}
+INPUT_10 = [4010, 4011]
+
+
+async def _rtu_session(
+    sim: ModbusSimulator, framing: Literal["pty", "tcp"], *, timeout: float
+) -> ModbusSession:
+    """A session to unit 1 of ``sim`` over Modbus RTU framing (a pty line, or RTU over TCP)."""
+    common = {"timeout": timeout, "retries": 0, "reconnect_jitter": 0.0}
+    settings: ModbusRtuSettings | ModbusRtuOverTcpSettings
+    if framing == "pty":
+        path = await sim.start_rtu()
+        settings = ModbusRtuSettings.model_validate({"port": path, "baudrate": 19200, **common})
+    else:
+        port = await sim.start_tcp(framer="rtu")
+        settings = ModbusRtuOverTcpSettings.model_validate(
+            {"host": "127.0.0.1", "port": port, **common}
+        )
+    for address, values in HOLDING.items():
+        sim.set_registers("holding", address, values)
+    sim.set_registers("input", 10, INPUT_10)
+    return ModbusSession(settings, device="meter", unit_id=1, bus=Bus("rs485"))
+
+
+async def _read_when_due(
+    session: ModbusSession, table: Literal["holding", "input"], address: int
+) -> list[int] | list[bool]:
+    """Read 2 registers once the session's backoff is over (``DeviceUnavailable`` = nothing was
+    sent yet); at most 5 s."""
+    async with asyncio.timeout(5.0):
+        while True:
+            try:
+                return await session.read_raw(table, address, 2)
+            except DeviceUnavailable:
+                await asyncio.sleep(0.01)
+
+
+@pytest.mark.realtime
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("framing", ["pty", "tcp"])
+async def test_a_late_rtu_reply_is_never_taken_for_the_next_request(
+    framing: Literal["pty", "tcp"],
+) -> None:
+    async with ModbusSimulator(UnitProfile(unit_id=1)) as sim:
+        session = await _rtu_session(sim, framing, timeout=0.3)
+        assert await session.read_raw("holding", 0, 2) == HOLDING[0]
+        sim.delay = 0.5  # this reply comes 0.2 s after the request gave up
+        with pytest.raises(DeviceTimeout, match="device 'meter': read_holding_registers"):
+            await session.read_raw("holding", 0, 2)
+        sim.delay = 0.15  # later replies are in time
+        # The same function, unit and length: only timing tells the replies apart.
+        assert await _read_when_due(session, "holding", 20) == HOLDING[20]
+        assert await _read_when_due(session, "input", 10) == INPUT_10
+        assert await _read_when_due(session, "holding", 0) == HOLDING[0]
+        await session.close()
+
+
+@pytest.mark.realtime
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("framing", ["pty", "tcp"])
+async def test_the_reply_to_a_cancelled_rtu_request_is_not_taken_for_the_next(
+    framing: Literal["pty", "tcp"],
+) -> None:
+    async with ModbusSimulator(UnitProfile(unit_id=1)) as sim:
+        session = await _rtu_session(sim, framing, timeout=0.5)
+        assert await session.read_raw("holding", 0, 2) == HOLDING[0]
+        sim.delay = 0.3
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.25):  # the caller gives up (a tick timeout, a stop)
+                await session.read_raw("holding", 0, 2)
+        sim.delay = 0.15  # the given-up reply comes 0.05 s into the next request
+        assert await session.read_raw("holding", 20, 2) == HOLDING[20]
+        assert await session.read_raw("input", 10, 2) == INPUT_10
+        await session.close()
+
+
+class OddReplies(SilentServer):
+    """A Modbus TCP server on 127.0.0.1 that answers every read with ``mode``'s wrong reply.
+
+    Registers hold ``100 + address``. Modes: ``"other_function"`` answers function 3 with
+    function 4 (and 4 with 3), ``"other_function_exception"`` answers with an exception
+    response of the other function, ``"short"`` leaves out the last register.
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
+        try:
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                function, address, count = struct.unpack(
+                    ">BHH", (await reader.readexactly(length - 1))[:5]
+                )
+                writer.write(self._reply(tid, unit, function, address, count))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    def _reply(self, tid: int, unit: int, function: int, address: int, count: int) -> bytes:
+        other = 4 if function == 3 else 3
+        registers = [100 + address + i for i in range(count)]
+        if self.mode == "short":
+            registers = registers[:-1]
+        data = b"".join(struct.pack(">H", r) for r in registers)
+        pdu = struct.pack(">BB", function, len(data)) + data
+        if self.mode == "other_function":
+            pdu = struct.pack(">BB", other, len(data)) + data
+        if self.mode == "other_function_exception":
+            pdu = struct.pack(">BB", other | 0x80, 2)
+        return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("mode", "problem"),
+    [
+        ("other_function", "reply has function code 4, the request had 3"),
+        ("other_function_exception", "reply has function code 4, the request had 3"),
+        ("short", "asked for 2 registers, got 1"),
+    ],
+)
+async def test_a_reply_for_another_function_or_length_is_a_frame_error(
+    mode: str, problem: str
+) -> None:
+    server = OddReplies(mode)
+    port = await server.start()
+    session = ModbusSession(
+        ModbusTcpSettings(host="127.0.0.1", port=port, timeout=1.0, retries=0),
+        device="gateway-unit",
+        unit_id=1,
+        bus=Bus("gw"),
+    )
+    try:
+        with pytest.raises(FrameError) as caught:
+            await session.read_raw("holding", 0, 2)
+        assert str(caught.value) == (
+            f"device 'gateway-unit': read_holding_registers at address 0 (count 2): {problem}"
+            + (" (a late reply to an earlier request, or noise)" if "function" in problem else "")
+        )
+    finally:
+        await session.close()
+        await server.close()

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu.bit_message import ReadCoilsResponse
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from service.transports.backoff import Backoff
 from service.transports.errors import (
@@ -156,3 +161,35 @@ def test_exception_responses_are_raised() -> None:
     )
     with pytest.raises(FrameError, match="no reply PDU"):
         check_response(None, device="m", function="write_coil", address=1)
+
+
+def test_a_reply_must_match_the_requests_function_unit_and_length() -> None:
+    def check(response: object, *, unit: int = 1, count: int = 2) -> object:
+        return check_response(
+            response, device="m", function="read_holding_registers", address=40, count=count,
+            unit=unit,
+        )  # fmt: skip
+
+    ok = ReadHoldingRegistersResponse(registers=[1, 2], dev_id=1)
+    assert check(ok) is ok
+    where = "device 'm': read_holding_registers at address 40 (count 2): "
+    with pytest.raises(FrameError) as caught:
+        check(ReadInputRegistersResponse(registers=[1, 2], dev_id=1))
+    assert str(caught.value) == (
+        where + "reply has function code 4, the request had 3 "
+        "(a late reply to an earlier request, or noise)"
+    )
+    with pytest.raises(FrameError, match="reply has function code 4, the request had 3"):
+        check(ExceptionResponse(0x04, 2))
+    with pytest.raises(FrameError) as caught:
+        check(ReadHoldingRegistersResponse(registers=[1, 2], dev_id=7))
+    assert str(caught.value) == where + "reply comes from unit id 7, the request went to unit 1"
+    broadcast = ReadHoldingRegistersResponse(registers=[1, 2], dev_id=7)
+    assert check(broadcast, unit=0) is broadcast
+    with pytest.raises(FrameError, match=r"\(count 3\): asked for 3 registers, got 2"):
+        check(ok, count=3)
+    with pytest.raises(FrameError, match="asked for 9 bits \\(2 bytes\\), got 1 bytes"):
+        check_response(
+            ReadCoilsResponse(bits=[True] * 8), device="m", function="read_coils", address=0,
+            count=9,
+        )  # fmt: skip

@@ -338,6 +338,34 @@ async def test_two_devices_on_one_bus_never_interleave_and_keep_the_gap() -> Non
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
+async def test_each_device_on_a_shared_link_keeps_its_own_timeout_and_retries() -> None:
+    async with ModbusSimulator([power_meter_profile(1), power_meter_profile(2)]) as sim:
+        port = await sim.start_tcp()
+        bus = Bus("gateway")
+        brisk = ModbusSession(tcp(port, timeout=0.2, retries=0), device="brisk", unit_id=1, bus=bus)
+        assert await brisk.read(POWER_METER_SPECS) == METER  # the link's client exists now
+        patient = ModbusSession(
+            tcp(port, timeout=1.5, retries=1), device="patient", unit_id=2, bus=bus
+        )
+        assert patient._link is brisk._link
+        loop = asyncio.get_running_loop()
+        sim.delay = 10.0  # nobody answers in time
+
+        async def seconds_to_fail(session: ModbusSession) -> float:
+            started = loop.time()
+            with pytest.raises(DeviceTimeout, match=f"device '{session.device}': .*no reply"):
+                await session.read(POWER_METER_SPECS)
+            return loop.time() - started
+
+        assert await seconds_to_fail(brisk) == pytest.approx(0.2, abs=0.01)  # 0.2 s x 1
+        assert await seconds_to_fail(patient) == pytest.approx(3.0, abs=0.01)  # 1.5 s x 2
+        assert (brisk.requests_sent, patient.requests_sent) == (2, 2)
+        await brisk.close()
+        await patient.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
 async def test_request_gap_and_connect_pause() -> None:
     async with ModbusSimulator(power_meter_profile()) as sim:
         port = await sim.start_tcp()
