@@ -14,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
+import service
+
 CASES = Path(__file__).parent.parent / "cases"
+ROOT = Path(service.__file__).resolve().parent.parent
+"""The checkout under test: the cases run in their own folder, where ``python -m service``
+would otherwise import whichever gatebeat is installed."""
 NAMES = sorted(p.name for p in CASES.iterdir() if (p / "gatebeat.toml").is_file())
 
 
 def _env(case: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEBEAT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     extra = case / "env"
     if extra.is_file():
         for line in extra.read_text().splitlines():
