@@ -117,9 +117,10 @@ async def serve(
         tls_key=metrics.tls_key,
         basic_auth=(
             (metrics.basic_auth_user, password.get_secret_value())
-            if metrics.basic_auth_user and password is not None
+            if metrics.basic_auth_user is not None and password is not None
             else None
         ),
+        auth_healthz=metrics.auth_healthz,
         render_gate=ScrapeGate(scheduler.next_wake, scheduler.clock),
     )
     try:

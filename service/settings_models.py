@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.http import check_basic_auth_secret, check_basic_auth_user
 from service.intervals import setting_seconds
 from service.transports.modbus_settings import (
     ModbusRtuOverTcpSettings,
@@ -128,13 +129,34 @@ class MetricsSettings(_Section):
     tls_key: str | None = Field(default=None, description="PEM private key file for tls_cert.")
     basic_auth_user: str | None = Field(default=None, description="HTTP basic auth user name.")
     basic_auth_password: SecretStr | None = Field(
-        default=None, description="HTTP basic auth password (set both user and password)."
+        default=None,
+        description="HTTP basic auth password, or 'sha256:' and the 64 hex digits of its "
+        "SHA-256 (set both user and password).",
+    )
+    auth_healthz: bool = Field(
+        default=True,
+        description="With basic auth, require it for /healthz too; false leaves /healthz open "
+        "for a container health check.",
     )
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("basic_auth_user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_basic_auth_user(value)  # the exporter's own rule
+        return value
+
+    @field_validator("basic_auth_password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_basic_auth_secret(value.get_secret_value())  # the exporter's own rule
         return value
 
     @model_validator(mode="after")

@@ -104,6 +104,34 @@ def test_run_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     assert "config file not found" in err
 
 
+@pytest.mark.parametrize(
+    ("user", "password", "problem"),
+    [
+        ('""', '"s3cret"', "metrics.basic_auth_user: user '' is empty"),
+        ('"prom"', '""', "metrics.basic_auth_password: password '' is empty"),
+        ('"prom"', '"sha256:abc"', "metrics.basic_auth_password: password 'sha256:...' (3 "),
+    ],
+)
+def test_run_refuses_basic_auth_the_exporter_cannot_use(
+    tmp_path: Path, user: str, password: str, problem: str
+) -> None:
+    path = tmp_path / "gatebeat.toml"
+    path.write_text(
+        f'[metrics]\nlisten = "127.0.0.1:0"\nbasic_auth_user = {user}\n'
+        f"basic_auth_password = {password}\n{VALID}"
+    )
+    result = subprocess.run(  # the old code started serving here: killed at the timeout
+        [sys.executable, "-m", "service", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert problem in result.stderr
+    assert "abc" not in result.stderr, "the secret is never shown"
+
+
 def test_demo_rejects_a_bad_listen_address() -> None:
     code, _, err = _run("demo", "--listen", "nowhere")
     assert code == 2
