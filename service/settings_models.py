@@ -73,6 +73,15 @@ def _seconds(value: Any) -> float:
     return setting_seconds(value, what="duration")
 
 
+def _phase(value: Any) -> Any:
+    if value == "auto":
+        return value
+    try:
+        return setting_seconds(value, what="phase", allow_zero=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or 'auto' to spread devices out") from None
+
+
 def _name(value: Any) -> Any:
     if isinstance(value, str) and not _NAME.fullmatch(value):
         shown = repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
@@ -85,6 +94,8 @@ Interval = Annotated[float, BeforeValidator(_interval)]
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 """A positive duration in seconds (number or duration string)."""
 Name = Annotated[str, BeforeValidator(_name)]
+Phase = Annotated[float | Literal["auto"], BeforeValidator(_phase)]
+"""A schedule offset: seconds (number or duration string, zero allowed) or ``"auto"``."""
 
 TransportSettings = Annotated[
     ModbusTcpSettings | ModbusRtuOverTcpSettings | ModbusRtuSettings | SerialSettings,
@@ -269,9 +280,10 @@ class TimerSettings(BaseModel):
 
     name: Name = Field(description="Unique per device; the 'timer' label.")
     interval: Interval = Field(description="Seconds between ticks (or '250ms', '5s', '1m').")
-    phase: float | Literal["auto"] = Field(
+    phase: Phase = Field(
         default=0.0,
-        description="Offset of the schedule grid, seconds, or 'auto' to spread devices out.",
+        description="Offset of the schedule grid, seconds (or '250ms', '1s'), or 'auto' to "
+        "spread devices out.",
     )
     align: bool = Field(
         default=False,

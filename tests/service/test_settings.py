@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from service.bus import Bus
 from service.device_runtime import DeviceRuntime
@@ -13,6 +15,7 @@ from service.metrics import MetricsHub
 from service.registry import discover
 from service.schedule import FixedSchedule
 from service.settings import ConfigError, load_settings
+from service.settings_errors import translate_errors
 
 DESIGN_EXAMPLE = """
 [metrics]
@@ -266,3 +269,42 @@ def test_listen_addresses(tmp_path: Path, listen: str, ok: bool) -> None:
         assert load_settings(path, env).metrics.listen == listen
     else:
         assert _problems(path, env)[0].startswith("metrics.listen: ")
+
+
+@pytest.mark.parametrize(
+    ("phase", "seconds"),
+    [
+        ('"250ms"', 0.25),
+        ('"0s"', 0.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+        ('"1m"', 60.0),
+        ('"auto"', "auto"),
+    ],
+)
+def test_a_phase_takes_seconds_or_a_duration_string_like_every_duration(
+    tmp_path: Path, phase: str, seconds: float | str
+) -> None:
+    text = DESIGN_EXAMPLE.replace('interval = "10s"', f'interval = "10m"\n  phase = {phase}')
+    (device,) = load_settings(_config(tmp_path, text), {}).resolved_devices
+    assert device.heartbeats[0].phase == seconds
+
+
+def test_union_branches_give_one_line_per_value() -> None:
+    class Model(BaseModel):
+        value: Literal["counter", "toggle"] | int = 1
+        names: list[str] | str = "a"
+        phases: list[int | Literal["auto"]] = []
+
+    def lines(data: dict[str, object]) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            Model.model_validate(data)
+        return translate_errors(info.value, data)
+
+    assert lines({"value": {"a": 1}}) == [
+        "value: {'a': 1} must be one of 'counter', 'toggle' or an integer"
+    ]
+    assert lines({"names": [1]}) == [
+        "names: [1] must be a list ([0]: 1 is not a string) or a string"
+    ]
+    assert lines({"phases": [1, "b"]}) == ["phases[1]: 'b' must be an integer or 'auto'"]
