@@ -31,7 +31,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from service.budget import BusLoad, DeviceLoad, TimerLoad, check_budget
 from service.registry import DriverError, Registry, discover
 from service.settings_devices import ResolvedDevice, ResolvedTimer, gap_of, resolve_device
-from service.settings_errors import ConfigError, format_location, translate_errors
+from service.settings_errors import ConfigError, env_note, format_location, translate_errors
 from service.settings_models import (
     MAX_DEVICES,
     DeviceSettings,
@@ -153,22 +153,86 @@ def _read_toml(path: str) -> dict[str, Any]:
         ) from None
 
 
-def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """The values set by ``GATEBEAT_...`` variables, and which variable set each key path."""
-    try:
-        values = dict(_MappingEnvSource(GatebeatSettings, env)())
-    except SettingsError as exc:
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"a {ENV_PREFIX}* variable"
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigError([f"{name}: not valid JSON{cause}"]) from None
+_SECRET_SECTIONS = frozenset({"metrics"})  # whole-section JSON may hold basic_auth_password
+
+
+def _env_key(var: str) -> tuple[str, ...]:
+    """The config key path a ``GATEBEAT_...`` variable names (``runtime.driver_dirs``)."""
+    return tuple(var.upper()[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
+
+
+def _not_json(var: str, text: str, cause: BaseException | None) -> str:
+    """The problem line of a variable whose value should have been JSON, and was not.
+
+    The value is shown unless it is long or may hold the basic-auth password.
+    """
+    key = _env_key(var)
+    if key == ("devices",):
+        wanted = "a list of device tables, as a JSON array"
+    elif key[-1] == "driver_dirs":
+        wanted = "a list, as JSON: '[\"/etc/gatebeat/drivers\"]'"
+    else:
+        wanted = f"a table, as a JSON object (or one variable per key: {var}__KEY)"
+    shown = "the value" if key[0] in _SECRET_SECTIONS or len(text) > 60 else repr(text)
+    reason = f" ({cause})" if cause is not None else ""
+    return f"{var}: {shown} is not valid JSON{reason}; {'.'.join(key)} is {wanted}"
+
+
+def _leaves(value: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+    """Every (key path, value) a variable sets; lists and scalars are leaves (never merged)."""
+    if isinstance(value, Mapping) and value:
+        found: list[tuple[tuple[str, ...], Any]] = []
+        for key, item in value.items():
+            found += _leaves(item, (*path, str(key).lower()))
+        return found
+    return [(path, value)]
+
+
+def _lookup(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = next((v for k, v in node.items() if str(k).lower() == part), None)
+    return node
+
+
+def _env_overrides(
+    env: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str], list[str]]:
+    """The values set by ``GATEBEAT_...`` variables, which variable set each key, and problems.
+
+    Each variable is also read on its own, so a problem names the variable that caused it and
+    every key path (lower case) maps to the variable whose value took effect: a JSON section
+    (``GATEBEAT_METRICS='{...}'``) is credited only with the keys it holds, and a nested
+    variable (``GATEBEAT_METRICS__LISTEN``) wins over it, as in pydantic-settings.
+    """
+    problems: list[str] = []
+    usable: dict[str, str] = {}
+    single: dict[str, dict[str, Any]] = {}
+    for var, text in env.items():
+        if not var.upper().startswith(ENV_PREFIX) or var.upper() == CONFIG_ENV:
+            continue
+        try:
+            single[var] = dict(_MappingEnvSource(GatebeatSettings, {var: text})())
+        except SettingsError as exc:
+            problems.append(_not_json(var, text, exc.__cause__))
+            continue
+        devices = single[var].get("devices")
+        if isinstance(devices, Mapping):
+            problems.append(
+                f"{var}: devices cannot be set one key at a time; GATEBEAT_DEVICES (a JSON "
+                "array of device tables) replaces the whole device list, or edit the file"
+            )
+            continue
+        usable[var] = text
+    values = dict(_MappingEnvSource(GatebeatSettings, usable)()) if usable else {}
     names: dict[tuple[str, ...], str] = {}
-    for var in env:
-        upper = var.upper()
-        if upper.startswith(ENV_PREFIX) and upper != CONFIG_ENV:
-            path = tuple(upper[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
-            names[path] = var
-    return values, names
+    for var in usable:
+        for path, value in _leaves(single[var], ()):
+            if path and _lookup(values, path) == value:
+                names.setdefault(path, var)
+    return values, names, problems
 
 
 def _requests(device: ResolvedDevice, timer: ResolvedTimer) -> int:
@@ -240,10 +304,9 @@ def load_settings(
     if path is None:
         path = environ.get(CONFIG_ENV) or None
     data = _read_toml(path) if path is not None else {}
-    overrides, env_names = _env_overrides(environ)
+    overrides, env_names, problems = _env_overrides(environ)
     merged = _deep_merge(data, overrides)
 
-    problems: list[str] = []
     sections: Sections | None = None
     try:
         sections = Sections.model_validate({k: v for k, v in merged.items() if k != "devices"})
@@ -262,11 +325,13 @@ def load_settings(
         try:
             registry = discover(dirs)
         except DriverError as exc:
-            problems.append(f"runtime.driver_dirs: {exc.problem}")
+            note = env_note(("runtime", "driver_dirs"), env_names)
+            problems.append(f"runtime.driver_dirs: {exc.problem}{note}")
             registry = discover([])
 
     raw_devices = merged.get("devices", [])
     resolved: list[ResolvedDevice] = []
+    before = len(problems)
     if not isinstance(raw_devices, list):
         problems.append(f"devices: must be a list of [[devices]] tables, not {raw_devices!r}")
     elif not raw_devices:
@@ -291,6 +356,8 @@ def load_settings(
             )
             if device is not None:
                 resolved.append(device)
+    note = env_note(("devices",), env_names)  # the list comes whole from one place
+    problems[before:] = [p if p.endswith(note) else p + note for p in problems[before:]]
 
     warnings: list[str] = []
     if not problems and sections is not None:

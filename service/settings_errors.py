@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["ConfigError", "format_location", "translate_errors"]
+__all__ = ["ConfigError", "env_note", "format_location", "translate_errors"]
 
 _NAMED_LISTS = frozenset({"devices", "polls", "heartbeats"})
 _NAME = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")  # settings_models.NAME_PATTERN
@@ -209,6 +209,20 @@ def _expected(branch: str, errors: Sequence[tuple[Sequence[int | str], Mapping[s
     return f"{branch} ({details})"
 
 
+def env_note(path: tuple[str, ...], env_names: Mapping[tuple[str, ...], str]) -> str:
+    """Which environment variable set the value at ``path`` (lower-case keys), for a problem line.
+
+    Returns `` (set by VAR)`` when a variable set that value or a list holding it,
+    `` (with keys set by VAR, ...)`` when variables set only some keys below it, else ``""``.
+    """
+    for length in range(len(path), 0, -1):
+        name = env_names.get(path[:length])
+        if name is not None:
+            return f" (set by {name})"
+    below = sorted({n for p, n in env_names.items() if path and p[: len(path)] == path})
+    return f" (with keys set by {', '.join(below)})" if below else ""
+
+
 def translate_errors(
     exc: ValidationError,
     root: Any,
@@ -258,10 +272,5 @@ def translate_errors(
         where = format_location(loc, root)
         line = f"{where}: {message}" if where else message
         path = tuple(str(p).lower() for p in loc if isinstance(p, str))
-        for length in range(len(path), 0, -1):
-            name = (env_names or {}).get(path[:length])
-            if name is not None:
-                line += f" (set by {name})"
-                break
-        problems.append(line)
+        problems.append(line + env_note(path, env_names or {}))
     return problems

@@ -131,7 +131,52 @@ def test_env_devices_json_replaces_the_device_list(tmp_path: Path) -> None:
 
 def test_env_bad_json_is_a_problem(tmp_path: Path) -> None:
     problems = _problems(_config(tmp_path, DESIGN_EXAMPLE), {"GATEBEAT_DEVICES": "[{"})
-    assert problems[0].startswith("GATEBEAT_DEVICES: not valid JSON")
+    assert problems[0].startswith("GATEBEAT_DEVICES: '[{' is not valid JSON (")
+
+
+def test_each_problem_names_the_variable_that_set_the_value(tmp_path: Path) -> None:
+    path = _config(tmp_path, DESIGN_EXAMPLE.replace('"127.0.0.1:9810"', '"127.0.0.1:98100"'))
+    env = {
+        "GATEBEAT_RUNTIME__DRIVER_DIRS": "/tmp",
+        "GATEBEAT_METRICS": '{"basic_auth_user": "prom", "basic_auth_password": "pw", '
+        '"tls_cert": "/etc/cert.pem"}',
+        "GATEBEAT_METRICS__BASIC_AUTH_USER": "",
+        "GATEBEAT_LOGGING": '{"level": "loud"',
+        "GATEBEAT_HEALTHCHECK_URL": "http://127.0.0.1:9810/healthz",  # the Dockerfile's; not ours
+    }
+    assert _problems(path, env) == [
+        "GATEBEAT_RUNTIME__DRIVER_DIRS: '/tmp' is not valid JSON (Expecting value: line 1 column "
+        "1 (char 0)); runtime.driver_dirs is a list, as JSON: '[\"/etc/gatebeat/drivers\"]'",
+        "GATEBEAT_LOGGING: '{\"level\": \"loud\"' is not valid JSON (Expecting ',' delimiter: "
+        "line 1 column 17 (char 16)); logging is a table, as a JSON object (or one variable per "
+        "key: GATEBEAT_LOGGING__KEY)",
+        # from the file, although GATEBEAT_METRICS set other keys of [metrics]:
+        "metrics.listen: '127.0.0.1:98100': port 98100 is not in 0-65535",
+        # GATEBEAT_METRICS__BASIC_AUTH_USER wins over the user in GATEBEAT_METRICS:
+        "metrics.basic_auth_user: user '' is empty; a user and a password are both needed "
+        "(set by GATEBEAT_METRICS__BASIC_AUTH_USER)",
+    ]
+    del env["GATEBEAT_RUNTIME__DRIVER_DIRS"], env["GATEBEAT_LOGGING"]
+    env["GATEBEAT_METRICS__LISTEN"] = "127.0.0.1:9810"
+    env["GATEBEAT_METRICS__BASIC_AUTH_USER"] = "scraper"
+    assert _problems(path, env) == [
+        "metrics: tls_cert and tls_key must be set together (with keys set by GATEBEAT_METRICS, "
+        "GATEBEAT_METRICS__BASIC_AUTH_USER, GATEBEAT_METRICS__LISTEN)"
+    ]
+
+
+def test_device_keys_cannot_be_set_one_by_one_from_the_environment(tmp_path: Path) -> None:
+    path = _config(tmp_path, DESIGN_EXAMPLE)
+    assert _problems(path, {"GATEBEAT_DEVICES__0__NAME": "x"}) == [
+        "GATEBEAT_DEVICES__0__NAME: devices cannot be set one key at a time; GATEBEAT_DEVICES "
+        "(a JSON array of device tables) replaces the whole device list, or edit the file"
+    ]
+    devices = [{"name": "a", "driver": "modbus", "transport": {"kind": "modbus-tcp"}, "x": 1}]
+    assert _problems(path, {"GATEBEAT_DEVICES": json.dumps(devices)}) == [
+        "devices[a].transport.host: required, but missing (set by GATEBEAT_DEVICES)",
+        "devices[a].x: unknown key (driver 'modbus' takes no other keys) (set by GATEBEAT_DEVICES)",
+        "devices[a]: no polls nor heartbeats configured (set by GATEBEAT_DEVICES)",
+    ]
 
 
 def test_every_problem_is_listed(tmp_path: Path) -> None:
