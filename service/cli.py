@@ -90,9 +90,10 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     import time
 
     from service.intervals import parse_duration
-    from service.journal import read_events
+    from service.journal import JournalError, read_events
 
     path = args.journal
+    given = "--journal"  # what the user gave, for messages
     if path is None:
         from service.settings import ConfigError, load_settings
 
@@ -101,6 +102,7 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
         except ConfigError as exc:
             return _problems(exc.problems, out=out, err=err, what="config refused")
         path = settings.runtime.journal
+        given = f"runtime.journal of {settings.source}" if settings.source else "runtime.journal"
         if path is None:
             return _problems(
                 ["runtime.journal: not set, so there is no event journal to read"],
@@ -114,8 +116,10 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
         return _problems([f"--since: {exc}"], out=err, err=err, what="usage")
     try:
         events = read_events(path, device=args.device, since=since, limit=args.limit)
-    except (FileNotFoundError, OSError) as exc:
-        return _problems([f"--journal: {exc}"], out=err, err=err, what="no journal")
+    except OSError as exc:
+        return _problems([f"{given}: {exc}"], out=err, err=err, what="no journal")
+    except JournalError as exc:
+        return _problems([f"{given}: {exc}"], out=err, err=err, what="journal unreadable")
     for event in events:
         if args.json:
             print(json.dumps(event.as_dict(), sort_keys=True), file=out)

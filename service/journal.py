@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-__all__ = ["Event", "EventJournal", "read_events"]
+__all__ = ["Event", "EventJournal", "JournalError", "read_events"]
 
 logger = logging.getLogger("gatebeat.journal")
 
@@ -40,6 +40,36 @@ CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts);
 _STOP = object()
 _PRUNE_EVERY = 500  # inserts between retention passes
 _BATCH_MAX = 500  # events per transaction at most
+
+
+class JournalError(Exception):
+    """The event journal cannot be opened, read or written.
+
+    Attributes:
+        path: the journal file.
+        reason: what is wrong, in words (``"not an SQLite database"``).
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path!r}: {reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    """A readable reason for a sqlite3 or OS error about the journal file."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if text == "file is not a database":
+        return "not an SQLite database (corrupt, or another kind of file)"
+    if text == "no such table: events":
+        return "not an event journal (an SQLite database without an events table)"
+    if text == "unable to open database file":
+        return "cannot open it as a database file (a directory, or a directory that is missing)"
+    if text == "attempt to write a readonly database":
+        return "not writable (read-only file or directory)"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +250,19 @@ def read_events(
 
     Raises:
         FileNotFoundError: there is no journal at ``path``.
+        JournalError: the file is not a readable event journal (corrupt, empty, a directory).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no event journal at {str(path)!r}")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    if path.is_dir():
+        raise JournalError(path, "is a directory, not an event journal")
+    # An escaped file: URI, so '#', '?' and '%' in the path stay part of the file name.
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise JournalError(path, _reason(exc)) from exc
     try:
         clauses: list[str] = []
         params: list[object] = []
@@ -240,6 +278,8 @@ def read_events(
             f"{where} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(path, _reason(exc)) from exc
     finally:
         connection.close()
     return [

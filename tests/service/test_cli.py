@@ -14,6 +14,7 @@ import pytest
 
 from service import __version__
 from service.cli import main
+from service.journal import EventJournal
 from service.logs import setup_logging
 from service.registry import discover
 
@@ -130,6 +131,53 @@ def test_run_refuses_basic_auth_the_exporter_cannot_use(
     assert "Traceback" not in result.stderr
     assert problem in result.stderr
     assert "abc" not in result.stderr, "the secret is never shown"
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_events_reads_a_journal_whose_path_has_uri_characters(tmp_path: Path) -> None:
+    path = tmp_path / "odd #1 ?x=%41" / "events.db"
+    journal = EventJournal(path)
+    journal.record("service_start", "started")
+    journal.close()
+    result = _cli("events", "--journal", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(" service_start started\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "not an event journal (an SQLite database without an events table)"),
+        (b"not sqlite at all\n" * 300, "not an SQLite database (corrupt, or another kind of file)"),
+    ],
+    ids=["empty", "corrupt"],
+)
+def test_events_on_an_unreadable_journal_is_one_line_not_a_traceback(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "events.db"
+    path.write_bytes(content)
+    result = _cli("events", "--journal", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"--journal: {str(path)!r}: {reason}\ngatebeat: journal unreadable: 1 problem(s)\n"
+    )
+
+
+def test_events_names_the_config_when_its_journal_is_missing(tmp_path: Path) -> None:
+    config = tmp_path / "gatebeat.toml"
+    journal = tmp_path / "events.db"
+    config.write_text(f'[runtime]\njournal = "{journal}"\n{VALID}')
+    result = _cli("events", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"runtime.journal of {config}: no event journal at {str(journal)!r}"
+    )
 
 
 def test_demo_rejects_a_bad_listen_address() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.journal import EventJournal, read_events
+from service.journal import EventJournal, JournalError, read_events
 
 
 def wait_for(predicate: object, timeout: float = 10.0) -> None:
@@ -91,7 +91,7 @@ def test_sigkill_while_writing_leaves_a_consistent_database(tmp_path: Path) -> N
                 return False
             try:
                 return len(read_events(path, limit=5000)) >= 2000
-            except sqlite3.OperationalError:
+            except JournalError:  # created, but the schema not yet committed
                 return False
 
         wait_for(enough_rows, timeout=30)
