@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-__all__ = ["Event", "EventJournal", "JournalError", "read_events"]
+__all__ = ["Event", "EventJournal", "JournalError", "journal_path_problem", "read_events"]
 
 logger = logging.getLogger("gatebeat.journal")
 
@@ -72,6 +72,35 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def journal_path_problem(path: str | Path) -> str | None:
+    """What makes ``path`` unusable as the journal, found without opening it; else ``None``.
+
+    Cheap checks only, for ``check-config`` and the start: the path is no directory, the
+    nearest existing ancestor is a directory (missing directories are created at start), and an
+    existing non-empty file starts like an SQLite database.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory; give the path of the journal file in it (e.g. events.db)"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{str(ancestor)!r} is not a directory"
+    if path.is_file():
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror or exc}"
+        if head and head != _SQLITE_MAGIC:
+            return "not an SQLite database (corrupt, or another kind of file)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One journal row. ``ts`` is wall-clock Unix time in seconds."""
@@ -106,6 +135,10 @@ class EventJournal:
         max_events: rows kept at most (the oldest go first).
         burst_interval: seconds; rate-limited kinds write at most one row per device, timer and
             kind in this time, with the number of suppressed events in the next row.
+
+    Raises:
+        JournalError: the file cannot be created or opened as a journal (the message names the
+            path and the reason: a directory, a parent that is a file, corrupt, not writable).
     """
 
     def __init__(
@@ -126,9 +159,14 @@ class EventJournal:
         self.burst_interval = burst_interval
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._last_burst: dict[tuple[str, str | None, str | None], tuple[float, int]] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = _connect(self.path)  # fail here, on the caller's thread, if unusable
-        connection.close()
+        problem = journal_path_problem(self.path)
+        if problem is not None:
+            raise JournalError(self.path, problem)
+        try:  # fail here, on the caller's thread, if unusable
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _connect(self.path).close()
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(self.path, _reason(exc)) from exc
         self._thread = threading.Thread(target=self._write_loop, name="gatebeat-journal")
         self._thread.daemon = True
         self._thread.start()

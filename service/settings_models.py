@@ -23,6 +23,7 @@ from pydantic import (
 
 from service.http import check_basic_auth_secret, check_basic_auth_user
 from service.intervals import setting_seconds
+from service.journal import journal_path_problem
 from service.transports.modbus_settings import (
     ModbusRtuOverTcpSettings,
     ModbusRtuSettings,
@@ -252,6 +253,15 @@ class RuntimeSettings(_Section):
     def _bounded(cls, value: float) -> float:
         if value > 3600:
             raise ValueError(f"{value!r} s is above the maximum of 3600 s")
+        return value
+
+    @field_validator("journal")
+    @classmethod
+    def _journal_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = journal_path_problem(value)
+            if problem is not None:
+                raise ValueError(f"{value!r}: {problem}")
         return value
 
     @field_validator("loop")

@@ -180,6 +180,23 @@ def test_events_names_the_config_when_its_journal_is_missing(tmp_path: Path) -> 
     )
 
 
+def test_run_with_an_unusable_journal_exits_2_with_one_line(tmp_path: Path) -> None:
+    journal = tmp_path / "events.db"  # passes check-config's header check, fails to open
+    journal.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4080)
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(
+        f'[metrics]\nlisten = "127.0.0.1:0"\n[runtime]\njournal = "{journal}"\n{VALID}'
+    )
+    result = _cli("run", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "level=error" in line]
+    assert line.endswith(
+        f'msg="cannot open the event journal, nothing started: runtime.journal={journal}: '
+        'not an SQLite database (corrupt, or another kind of file)"'
+    )
+
+
 def test_demo_rejects_a_bad_listen_address() -> None:
     code, _, err = _run("demo", "--listen", "nowhere")
     assert code == 2

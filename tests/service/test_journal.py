@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,21 @@ def test_retention_keeps_the_newest_rows(tmp_path: Path) -> None:
     reopened.close()
     assert [e.message for e in read_events(tmp_path / "events.db")][-1] == "event 599"
     assert len(read_events(tmp_path / "events.db")) == 10
+
+
+def test_an_unusable_journal_path_is_one_error_naming_path_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a regular file\n")
+    (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4080)
+    cases = {
+        tmp_path / "file" / "events.db": f"{str(tmp_path / 'file')!r} is not a directory",
+        tmp_path: "is a directory; give the path of the journal file in it (e.g. events.db)",
+        tmp_path / "corrupt.db": "not an SQLite database (corrupt, or another kind of file)",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(JournalError) as info:
+            EventJournal(path)
+        assert (info.value.path, info.value.reason) == (str(path), reason)
+    assert not any(t.name == "gatebeat-journal" for t in threading.enumerate())
 
 
 def test_reading_a_missing_journal_is_a_clear_error(tmp_path: Path) -> None:
