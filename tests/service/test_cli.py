@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,6 +245,49 @@ def test_sample_config_round_trips_through_check_config(driver: str, tmp_path: P
     code, out, _ = _run("check-config", "--config", str(path))
     assert code == 0, out
     assert out.splitlines()[-1].startswith("ok: 1 device(s) enabled of 1")
+
+
+AWKWARD_DRIVER = '''
+from pydantic import BaseModel, ConfigDict, Field
+TRANSPORTS = ["modbus-tcp"]
+class Config(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+    scale: float = Field(gt=0, description="Scale factor.\\nApplied to every reading.")
+    count: int = Field(ge=3, le=10, description="How many.")
+    ratio: float = Field(gt=0, lt=1, description="A fraction.")
+    prompt: str = "> "
+    """The prompt the device prints.
+
+    Sent back verbatim."""
+class Poll(BaseModel):
+    pass
+async def poll(tick):
+    return {}
+'''
+
+
+def test_sample_config_is_valid_toml_that_passes_check_config_for_any_driver(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "awkward.py").write_text(AWKWARD_DRIVER)
+    result = _cli("sample-config", "awkward", "--driver-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    sample = result.stdout
+    config = tomllib.loads(sample)["devices"][0]  # every description line is a comment
+    assert (config["scale"], config["count"], 0 < config["ratio"] < 1) == (1.0, 3, True)
+    assert "# Scale factor.\n# Applied to every reading.\n" in sample
+    assert "# The prompt the device prints.\n#\n# Sent back verbatim.\n# prompt = " in sample
+    path = tmp_path / "sample.toml"
+    path.write_text(sample)
+    env = {**os.environ, "GATEBEAT_RUNTIME__DRIVER_DIRS": json.dumps([str(tmp_path)])}
+    check = subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.fixture
