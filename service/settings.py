@@ -43,11 +43,13 @@ from service.settings_models import (
 from service.transports.modbus_plan import plan_reads
 
 __all__ = [
+    "CONFIG_ENV",
     "ENV_PREFIX",
     "ConfigError",
     "GatebeatSettings",
     "ResolvedDevice",
     "ResolvedTimer",
+    "env_driver_dirs",
     "load_settings",
 ]
 
@@ -233,6 +235,34 @@ def _env_overrides(
             if path and _lookup(values, path) == value:
                 names.setdefault(path, var)
     return values, names, problems
+
+
+def env_driver_dirs(env: Mapping[str, str]) -> list[str] | None:
+    """``runtime.driver_dirs`` as the environment sets it (``GATEBEAT_RUNTIME__DRIVER_DIRS``, or
+    inside ``GATEBEAT_RUNTIME``), or ``None`` when no variable sets it.
+
+    For commands that only need the drivers (``drivers``, ``sample-config``), so they find the
+    same drivers as ``run``.
+
+    Raises:
+        ConfigError: a variable that sets it is not valid JSON, or it is not a list of paths.
+    """
+    relevant = {
+        var: text
+        for var, text in env.items()
+        if _env_key(var)[:1] == ("runtime",) and var.upper().startswith(ENV_PREFIX)
+    }
+    values, names, problems = _env_overrides(relevant)
+    if problems:
+        raise ConfigError(problems)
+    runtime = values.get("runtime")
+    dirs = runtime.get("driver_dirs") if isinstance(runtime, Mapping) else None
+    if dirs is None:
+        return None
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        note = env_note(("runtime", "driver_dirs"), names)
+        raise ConfigError([f"runtime.driver_dirs: must be a list of paths, not {dirs!r}{note}"])
+    return dirs
 
 
 def _requests(device: ResolvedDevice, timer: ResolvedTimer) -> int:

@@ -229,6 +229,57 @@ def test_drivers_reports_broken_ones(tmp_path: Path) -> None:
     assert "failed to import: RuntimeError: boom" in out
 
 
+MINE = "TRANSPORTS = ['serial']\nasync def poll(tick):\n    return {}\n"
+
+
+@pytest.mark.parametrize("how", ["GATEBEAT_CONFIG", "GATEBEAT_RUNTIME__DRIVER_DIRS", "--config"])
+def test_drivers_and_sample_config_find_the_drivers_run_would(tmp_path: Path, how: str) -> None:
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    (drivers / "mine.py").write_text(MINE)
+    config = tmp_path / "gatebeat.toml"
+    in_file = tmp_path if how == "GATEBEAT_RUNTIME__DRIVER_DIRS" else drivers  # env wins there
+    config.write_text(f'[runtime]\ndriver_dirs = ["{in_file}"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEBEAT_")}
+    args: list[str] = []
+    if how == "GATEBEAT_CONFIG":
+        env[how] = str(config)
+    elif how == "GATEBEAT_RUNTIME__DRIVER_DIRS":  # replaces the file's key, as for run
+        env["GATEBEAT_CONFIG"] = str(config)
+        env[how] = json.dumps([str(drivers)])
+    else:
+        args = ["--config", str(config)]
+    for command in (["drivers"], ["sample-config", "mine"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "service", *command, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        if command == ["drivers"]:
+            assert f"mine  from: {(drivers / 'mine.py').resolve()}" in result.stdout
+        else:
+            assert result.stdout.startswith("# gatebeat sample config for the 'mine' driver")
+
+
+def test_a_bad_driver_dirs_variable_is_reported_naming_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEBEAT_")}
+    env["GATEBEAT_RUNTIME__DRIVER_DIRS"] = "/etc/gatebeat/drivers"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "drivers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "driver '*': GATEBEAT_RUNTIME__DRIVER_DIRS: '/etc/gatebeat/drivers' is not valid JSON"
+    )
+
+
 def test_sample_config_unknown_driver() -> None:
     code, _, err = _run("sample-config", "nosuchdriver")
     assert code == 2
