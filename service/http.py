@@ -42,6 +42,7 @@ __all__ = [
     "Exporter",
     "ExporterError",
     "HealthCheck",
+    "accepts_gzip",
     "check_basic_auth_secret",
     "check_basic_auth_user",
     "parse_listen",
@@ -276,6 +277,31 @@ def check_basic_auth_secret(secret: str) -> None:
             )
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows a gzip body (RFC 9110 section 12.5.3).
+
+    ``gzip`` (or ``x-gzip``) with a quality above zero allows it; ``gzip;q=0`` refuses it;
+    without either, ``*`` with a quality above zero allows it. A malformed quality counts as 0.
+    """
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        if coding:
+            qualities[coding.lower()] = quality
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in qualities:
+            return qualities[coding] > 0
+    return False
+
+
 def _always_ok() -> tuple[bool, Mapping[str, object]]:
     return True, {"status": "ok"}
 
@@ -388,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             body = encoder(exporter.registry)
             extra: dict[str, str] = {}
-            if "gzip" in self.headers.get("Accept-Encoding", ""):
+            if accepts_gzip(self.headers.get("Accept-Encoding", "")):
                 body = gzip.compress(body)
                 extra["Content-Encoding"] = "gzip"
             self._send(200, content_type, body, head=head, extra=extra)

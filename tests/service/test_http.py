@@ -134,6 +134,30 @@ async def test_openmetrics_when_asked_and_gzip(served: tuple[Exporter, MetricsHu
     assert b"gatebeat_build_info" in gzip.decompress(reply.body)
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip;q=0", False),
+        ("gzip; q=0.0, deflate", False),
+        ("deflate, gzip;q=0, *", False),
+        ("*;q=0", False),
+        ("identity", False),
+        ("br, GZIP;q=0.5", True),
+        ("*", True),
+    ],
+)
+@pytest.mark.asyncio
+async def test_gzip_only_when_the_client_accepts_it(
+    served: tuple[Exporter, MetricsHub, Switch], accept_encoding: str, gzipped: bool
+) -> None:
+    exporter, _, _ = served
+    reply = await afetch(exporter.url + "/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert reply.status == 200
+    assert ("Content-Encoding" in reply.headers) is gzipped
+    body = gzip.decompress(reply.body) if gzipped else reply.body
+    assert b"gatebeat_build_info" in body
+
+
 @pytest.mark.asyncio
 async def test_landing_page_head_and_not_found(served: tuple[Exporter, MetricsHub, Switch]) -> None:
     exporter, _, _ = served
