@@ -24,6 +24,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.driver import Readings, Tick, Value
+from service.values import field_name_problem
 
 __all__ = ["TRANSPORTS", "Poll", "ReplyMismatch", "parse_reply", "poll"]
 
@@ -65,6 +66,10 @@ class Poll(BaseModel):
             raise ValueError(
                 f"{pattern!r} has no named group; use (?P<field_name>...) for each reading"
             )
+        for group in compiled.groupindex:
+            problem = field_name_problem(group)
+            if problem is not None:
+                raise ValueError(f"group {problem}")
         return pattern
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -52,15 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help=config_help)
 
     drivers = commands.add_parser("drivers", help="list the available drivers and their origin")
-    drivers.add_argument(
-        "--config", metavar="PATH", help="also search this config's runtime.driver_dirs"
+    drivers_config_help = (
+        "also search this config's runtime.driver_dirs (default: $GATEBEAT_CONFIG; "
+        "GATEBEAT_RUNTIME__DRIVER_DIRS overrides the key, as for run)"
     )
+    drivers.add_argument("--config", metavar="PATH", help=drivers_config_help)
     drivers.add_argument(
         "--driver-dir", metavar="DIR", action="append", default=[], help="extra driver directory"
     )
 
     sample = commands.add_parser("sample-config", help="print a commented sample config for DRIVER")
     sample.add_argument("driver", metavar="DRIVER")
+    sample.add_argument("--config", metavar="PATH", help=drivers_config_help)
     sample.add_argument(
         "--driver-dir", metavar="DIR", action="append", default=[], help="extra driver directory"
     )
@@ -90,9 +94,10 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     import time
 
     from service.intervals import parse_duration
-    from service.journal import read_events
+    from service.journal import JournalError, read_events
 
     path = args.journal
+    given = "--journal"  # what the user gave, for messages
     if path is None:
         from service.settings import ConfigError, load_settings
 
@@ -101,6 +106,7 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
         except ConfigError as exc:
             return _problems(exc.problems, out=out, err=err, what="config refused")
         path = settings.runtime.journal
+        given = f"runtime.journal of {settings.source}" if settings.source else "runtime.journal"
         if path is None:
             return _problems(
                 ["runtime.journal: not set, so there is no event journal to read"],
@@ -114,8 +120,10 @@ def _events(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
         return _problems([f"--since: {exc}"], out=err, err=err, what="usage")
     try:
         events = read_events(path, device=args.device, since=since, limit=args.limit)
-    except (FileNotFoundError, OSError) as exc:
-        return _problems([f"--journal: {exc}"], out=err, err=err, what="no journal")
+    except OSError as exc:
+        return _problems([f"{given}: {exc}"], out=err, err=err, what="no journal")
+    except JournalError as exc:
+        return _problems([f"{given}: {exc}"], out=err, err=err, what="journal unreadable")
     for event in events:
         if args.json:
             print(json.dumps(event.as_dict(), sort_keys=True), file=out)
@@ -151,7 +159,18 @@ def _check_config(path: str | None, *, out: TextIO, err: TextIO) -> int:
 
 
 def _driver_dirs(config: str | None, extra: Sequence[str]) -> list[str]:
-    """``runtime.driver_dirs`` of ``config`` (read leniently) followed by ``extra``."""
+    """The driver directories ``run`` would search, followed by ``extra``.
+
+    That is ``runtime.driver_dirs`` of ``config`` (default ``$GATEBEAT_CONFIG``; read
+    leniently, as the rest of the file need not be valid to list drivers), replaced by
+    ``GATEBEAT_RUNTIME__DRIVER_DIRS`` when that is set.
+
+    Raises:
+        DriverError: the config cannot be read, or the variable is not a JSON list of paths.
+    """
+    from service.settings import CONFIG_ENV, ConfigError, env_driver_dirs
+
+    config = config if config is not None else os.environ.get(CONFIG_ENV) or None
     dirs: list[str] = []
     if config is not None:
         try:
@@ -161,6 +180,12 @@ def _driver_dirs(config: str | None, extra: Sequence[str]) -> list[str]:
         runtime = data.get("runtime")
         found = runtime.get("driver_dirs", []) if isinstance(runtime, dict) else []
         dirs += [str(d) for d in found] if isinstance(found, list) else []
+    try:
+        from_env = env_driver_dirs(os.environ)
+    except ConfigError as exc:
+        raise DriverError("*", "; ".join(exc.problems)) from None
+    if from_env is not None:
+        dirs = from_env
     return dirs + list(extra)
 
 

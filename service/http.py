@@ -38,7 +38,16 @@ from prometheus_client.exposition import choose_encoder
 
 from service.scrape_gate import ScrapeGate
 
-__all__ = ["Exporter", "ExporterError", "HealthCheck", "parse_listen"]
+__all__ = [
+    "Exporter",
+    "ExporterError",
+    "HealthCheck",
+    "accepts_gzip",
+    "check_basic_auth_secret",
+    "check_basic_auth_user",
+    "parse_listen",
+    "redact_secret",
+]
 
 logger = logging.getLogger("gatebeat.http")
 
@@ -107,12 +116,11 @@ class Exporter:
         self._tls_key = tls_key
         if basic_auth is not None:
             user, secret = basic_auth
-            if not user or not secret:
-                raise ValueError(
-                    f"metrics listen {listen!r}: basic_auth needs a user and a password, "
-                    f"got user={user!r}"
-                )
-            _check_secret(secret, listen)
+            try:
+                check_basic_auth_user(user)
+                check_basic_auth_secret(secret)
+            except ValueError as exc:
+                raise ValueError(f"metrics listen {listen!r}: basic_auth: {exc}") from None
         self._basic_auth = basic_auth
         self._auth_healthz = auth_healthz
         self._render_gate = render_gate
@@ -220,14 +228,78 @@ class Exporter:
         return user_ok and password_ok
 
 
-def _check_secret(secret: str, listen: str) -> None:
+def redact_secret(secret: str) -> str:
+    """Show a basic-auth secret in a message without giving it away.
+
+    Only what is not secret is shown: that it is empty, or the ``sha256:`` prefix, and the
+    length. ``"sha256:abc"`` becomes ``'sha256:...' (3 characters after the prefix)``.
+    """
+    if not secret:
+        return "'' (empty)"
+    if secret.startswith(_SHA256_PREFIX):
+        rest = len(secret) - len(_SHA256_PREFIX)
+        return f"{_SHA256_PREFIX + '...'!r} ({rest} characters after the prefix)"
+    return f"'...' ({len(secret)} characters)"
+
+
+def check_basic_auth_user(user: str) -> None:
+    """Refuse a basic-auth user name that no client could send.
+
+    Raises:
+        ValueError: the name is empty (auth would look configured but be off) or contains
+            ``:`` (the separator of user and password in the ``Authorization`` header).
+    """
+    if not user:
+        raise ValueError("user '' is empty; a user and a password are both needed")
+    if ":" in user:
+        raise ValueError(
+            f"user {user!r} contains ':', which separates user and password in basic auth"
+        )
+
+
+def check_basic_auth_secret(secret: str) -> None:
+    """Refuse a basic-auth secret that no password could match.
+
+    The secret is the password itself, or ``"sha256:"`` and the 64 hex digits of the
+    password's SHA-256. Messages show the secret only through :func:`redact_secret`.
+
+    Raises:
+        ValueError: the secret is empty, or starts with ``sha256:`` without 64 hex digits.
+    """
+    if not secret:
+        raise ValueError("password '' is empty; a user and a password are both needed")
     if secret.startswith(_SHA256_PREFIX):
         digest = secret[len(_SHA256_PREFIX) :]
         if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
             raise ValueError(
-                f"metrics listen {listen!r}: basic_auth secret {secret[:12]!r}... "
-                "is not 'sha256:' followed by 64 hex digits"
+                f"password {redact_secret(secret)} is not 'sha256:' followed by 64 hex digits "
+                "(printf %s PASSWORD | sha256sum)"
             )
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows a gzip body (RFC 9110 section 12.5.3).
+
+    ``gzip`` (or ``x-gzip``) with a quality above zero allows it; ``gzip;q=0`` refuses it;
+    without either, ``*`` with a quality above zero allows it. A malformed quality counts as 0.
+    """
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        if coding:
+            qualities[coding.lower()] = quality
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in qualities:
+            return qualities[coding] > 0
+    return False
 
 
 def _always_ok() -> tuple[bool, Mapping[str, object]]:
@@ -342,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             body = encoder(exporter.registry)
             extra: dict[str, str] = {}
-            if "gzip" in self.headers.get("Accept-Encoding", ""):
+            if accepts_gzip(self.headers.get("Accept-Encoding", "")):
                 body = gzip.compress(body)
                 extra["Content-Encoding"] = "gzip"
             self._send(200, content_type, body, head=head, extra=extra)

@@ -27,9 +27,10 @@ from prometheus_client import disable_created_metrics
 
 from service import __version__
 from service.bus import Bus
+from service.cli import EXIT_CONFIG
 from service.device_runtime import DeviceRuntime
 from service.http import Exporter, ExporterError
-from service.journal import EventJournal
+from service.journal import EventJournal, JournalError
 from service.metrics import MetricsHub
 from service.scheduler import Scheduler
 from service.scrape_gate import ScrapeGate
@@ -59,6 +60,8 @@ async def serve(
 ) -> int:
     """Run until ``stop`` is set (or SIGTERM/SIGINT arrives); return the exit code.
 
+    Returns 2 (``EXIT_CONFIG``), with nothing started, when the event journal cannot be opened.
+
     Args:
         settings: validated settings (``service.settings.load_settings``).
         stop: set it to shut down; a new event by default.
@@ -67,6 +70,23 @@ async def serve(
     """
     loop = asyncio.get_running_loop()
     runtime = settings.runtime
+    try:
+        journal = (
+            EventJournal(
+                runtime.journal,
+                max_age=runtime.journal_max_age,
+                max_events=runtime.journal_max_events,
+            )
+            if runtime.journal
+            else None
+        )
+    except JournalError as exc:
+        logger.error(
+            "cannot open the event journal, nothing started: runtime.journal=%s: %s",
+            exc.path,
+            exc.reason,
+        )
+        return EXIT_CONFIG
     scheduler = Scheduler.for_loop(loop, wakeup=runtime.wakeup)
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -79,15 +99,6 @@ async def serve(
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # _created series: noise
     hub = MetricsHub(version=__version__)
-    journal = (
-        EventJournal(
-            runtime.journal,
-            max_age=runtime.journal_max_age,
-            max_events=runtime.journal_max_events,
-        )
-        if runtime.journal
-        else None
-    )
     devices = [d for d in settings.resolved_devices if d.enabled]
     buses = _buses(devices, hub)
     runtimes: list[DeviceRuntime] = []
@@ -112,9 +123,10 @@ async def serve(
         tls_key=metrics.tls_key,
         basic_auth=(
             (metrics.basic_auth_user, password.get_secret_value())
-            if metrics.basic_auth_user and password is not None
+            if metrics.basic_auth_user is not None and password is not None
             else None
         ),
+        auth_healthz=metrics.auth_healthz,
         render_gate=ScrapeGate(scheduler.next_wake, scheduler.clock),
     )
     try:

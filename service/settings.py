@@ -31,7 +31,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from service.budget import BusLoad, DeviceLoad, TimerLoad, check_budget
 from service.registry import DriverError, Registry, discover
 from service.settings_devices import ResolvedDevice, ResolvedTimer, bus_gap, resolve_device
-from service.settings_errors import ConfigError, format_location, translate_errors
+from service.settings_errors import ConfigError, env_note, format_location, translate_errors
 from service.settings_models import (
     MAX_DEVICES,
     DeviceSettings,
@@ -45,11 +45,13 @@ from service.transports.modbus_settings import ModbusRtuSettings
 from service.transports.serial_settings import SerialSettings
 
 __all__ = [
+    "CONFIG_ENV",
     "ENV_PREFIX",
     "ConfigError",
     "GatebeatSettings",
     "ResolvedDevice",
     "ResolvedTimer",
+    "env_driver_dirs",
     "load_settings",
 ]
 
@@ -155,22 +157,114 @@ def _read_toml(path: str) -> dict[str, Any]:
         ) from None
 
 
-def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """The values set by ``GATEBEAT_...`` variables, and which variable set each key path."""
-    try:
-        values = dict(_MappingEnvSource(GatebeatSettings, env)())
-    except SettingsError as exc:
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"a {ENV_PREFIX}* variable"
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigError([f"{name}: not valid JSON{cause}"]) from None
+_SECRET_SECTIONS = frozenset({"metrics"})  # whole-section JSON may hold basic_auth_password
+
+
+def _env_key(var: str) -> tuple[str, ...]:
+    """The config key path a ``GATEBEAT_...`` variable names (``runtime.driver_dirs``)."""
+    return tuple(var.upper()[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
+
+
+def _not_json(var: str, text: str, cause: BaseException | None) -> str:
+    """The problem line of a variable whose value should have been JSON, and was not.
+
+    The value is shown unless it is long or may hold the basic-auth password.
+    """
+    key = _env_key(var)
+    if key == ("devices",):
+        wanted = "a list of device tables, as a JSON array"
+    elif key[-1] == "driver_dirs":
+        wanted = "a list, as JSON: '[\"/etc/gatebeat/drivers\"]'"
+    else:
+        wanted = f"a table, as a JSON object (or one variable per key: {var}__KEY)"
+    shown = "the value" if key[0] in _SECRET_SECTIONS or len(text) > 60 else repr(text)
+    reason = f" ({cause})" if cause is not None else ""
+    return f"{var}: {shown} is not valid JSON{reason}; {'.'.join(key)} is {wanted}"
+
+
+def _leaves(value: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+    """Every (key path, value) a variable sets; lists and scalars are leaves (never merged)."""
+    if isinstance(value, Mapping) and value:
+        found: list[tuple[tuple[str, ...], Any]] = []
+        for key, item in value.items():
+            found += _leaves(item, (*path, str(key).lower()))
+        return found
+    return [(path, value)]
+
+
+def _lookup(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = next((v for k, v in node.items() if str(k).lower() == part), None)
+    return node
+
+
+def _env_overrides(
+    env: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str], list[str]]:
+    """The values set by ``GATEBEAT_...`` variables, which variable set each key, and problems.
+
+    Each variable is also read on its own, so a problem names the variable that caused it and
+    every key path (lower case) maps to the variable whose value took effect: a JSON section
+    (``GATEBEAT_METRICS='{...}'``) is credited only with the keys it holds, and a nested
+    variable (``GATEBEAT_METRICS__LISTEN``) wins over it, as in pydantic-settings.
+    """
+    problems: list[str] = []
+    usable: dict[str, str] = {}
+    single: dict[str, dict[str, Any]] = {}
+    for var, text in env.items():
+        if not var.upper().startswith(ENV_PREFIX) or var.upper() == CONFIG_ENV:
+            continue
+        try:
+            single[var] = dict(_MappingEnvSource(GatebeatSettings, {var: text})())
+        except SettingsError as exc:
+            problems.append(_not_json(var, text, exc.__cause__))
+            continue
+        devices = single[var].get("devices")
+        if isinstance(devices, Mapping):
+            problems.append(
+                f"{var}: devices cannot be set one key at a time; GATEBEAT_DEVICES (a JSON "
+                "array of device tables) replaces the whole device list, or edit the file"
+            )
+            continue
+        usable[var] = text
+    values = dict(_MappingEnvSource(GatebeatSettings, usable)()) if usable else {}
     names: dict[tuple[str, ...], str] = {}
-    for var in env:
-        upper = var.upper()
-        if upper.startswith(ENV_PREFIX) and upper != CONFIG_ENV:
-            path = tuple(upper[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
-            names[path] = var
-    return values, names
+    for var in usable:
+        for path, value in _leaves(single[var], ()):
+            if path and _lookup(values, path) == value:
+                names.setdefault(path, var)
+    return values, names, problems
+
+
+def env_driver_dirs(env: Mapping[str, str]) -> list[str] | None:
+    """``runtime.driver_dirs`` as the environment sets it (``GATEBEAT_RUNTIME__DRIVER_DIRS``, or
+    inside ``GATEBEAT_RUNTIME``), or ``None`` when no variable sets it.
+
+    For commands that only need the drivers (``drivers``, ``sample-config``), so they find the
+    same drivers as ``run``.
+
+    Raises:
+        ConfigError: a variable that sets it is not valid JSON, or it is not a list of paths.
+    """
+    relevant = {
+        var: text
+        for var, text in env.items()
+        if _env_key(var)[:1] == ("runtime",) and var.upper().startswith(ENV_PREFIX)
+    }
+    values, names, problems = _env_overrides(relevant)
+    if problems:
+        raise ConfigError(problems)
+    runtime = values.get("runtime")
+    dirs = runtime.get("driver_dirs") if isinstance(runtime, Mapping) else None
+    if dirs is None:
+        return None
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        note = env_note(("runtime", "driver_dirs"), names)
+        raise ConfigError([f"runtime.driver_dirs: must be a list of paths, not {dirs!r}{note}"])
+    return dirs
 
 
 def _requests(device: ResolvedDevice, timer: ResolvedTimer) -> int:
@@ -281,10 +375,9 @@ def load_settings(
     if path is None:
         path = environ.get(CONFIG_ENV) or None
     data = _read_toml(path) if path is not None else {}
-    overrides, env_names = _env_overrides(environ)
+    overrides, env_names, problems = _env_overrides(environ)
     merged = _deep_merge(data, overrides)
 
-    problems: list[str] = []
     sections: Sections | None = None
     try:
         sections = Sections.model_validate({k: v for k, v in merged.items() if k != "devices"})
@@ -303,12 +396,14 @@ def load_settings(
         try:
             registry = discover(dirs)
         except DriverError as exc:
-            problems.append(f"runtime.driver_dirs: {exc.problem}")
+            note = env_note(("runtime", "driver_dirs"), env_names)
+            problems.append(f"runtime.driver_dirs: {exc.problem}{note}")
             registry = discover([])
 
     raw_devices = merged.get("devices", [])
     resolved: list[ResolvedDevice] = []
     indices: list[int] = []  # each resolved device's position in raw_devices
+    before = len(problems)
     if not isinstance(raw_devices, list):
         problems.append(f"devices: must be a list of [[devices]] tables, not {raw_devices!r}")
     elif not raw_devices:
@@ -335,6 +430,8 @@ def load_settings(
                 resolved.append(device)
                 indices.append(index)
         problems.extend(_serial_port_problems(list(zip(indices, resolved, strict=True)), merged))
+    note = env_note(("devices",), env_names)  # the list comes whole from one place
+    problems[before:] = [p if p.endswith(note) else p + note for p in problems[before:]]
 
     warnings: list[str] = []
     if not problems and sections is not None:

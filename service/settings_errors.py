@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["ConfigError", "format_location", "translate_errors"]
+__all__ = ["ConfigError", "env_note", "format_location", "translate_errors"]
 
 _NAMED_LISTS = frozenset({"devices", "polls", "heartbeats"})
 _NAME = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")  # settings_models.NAME_PATTERN
@@ -136,6 +136,93 @@ def _message(error: Mapping[str, Any], known_keys: Iterable[str] = ()) -> str:
     return f"{value!r}: {text}"
 
 
+_LOST = object()  # the input at a location could not be followed
+
+
+def _union_point(
+    loc: Sequence[int | str], root: Any, *, missing: bool = False
+) -> tuple[int | None, Any]:
+    """Where ``loc`` leaves the input for a union branch's label, and the input there.
+
+    pydantic puts the branch of a (non-discriminated) union into the location
+    (``value.literal['counter','toggle']``, ``value.int``). Such a label is a string step that
+    is no key of the input: the value there is not a table, or it is a table without that key
+    and the error is not about that key missing (``missing``). Discriminated-union tags (the
+    table's own ``kind``) are left to :func:`format_location`.
+
+    Returns:
+        ``(index of the label in loc, the input value at loc[:index])``, or ``(None, None)``.
+    """
+    node: Any = root
+    last = len(loc) - 1
+    for position, part in enumerate(loc):
+        if node is _LOST:
+            return None, None
+        if isinstance(part, int):
+            fits = isinstance(node, Sequence) and not isinstance(node, str)
+            node = node[part] if fits and 0 <= part < len(node) else _LOST
+            continue
+        if isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+                continue
+            if (missing and position == last) or node.get("kind") == part:
+                continue
+        return position, node
+    return None, None
+
+
+_EXPECTED: dict[str, str] = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "dict_type": "a table",
+    "list_type": "a list",
+}
+
+
+def _expected(branch: str, errors: Sequence[tuple[Sequence[int | str], Mapping[str, Any]]]) -> str:
+    """What one union branch would have accepted, in words, from its errors."""
+    if len(errors) == 1 and not errors[0][0]:
+        error = errors[0][1]
+        if error["type"] == "literal_error":
+            options = _literal_options(str((error.get("ctx") or {}).get("expected", "")))
+            return _join(options) if len(options) == 1 else f"one of {_join(options)}"
+        simple = _EXPECTED.get(error["type"])
+        if simple is not None:
+            return simple
+    if branch.startswith(("list[", "tuple[", "set[")):
+        branch = "a list"
+    elif branch.startswith("dict["):
+        branch = "a table"
+    details = "; ".join(
+        f"{format_location(rest, None)}: {_message(error)}" if rest else _message(error)
+        for rest, error in errors
+    )
+    return f"{branch} ({details})"
+
+
+def env_note(path: tuple[str, ...], env_names: Mapping[tuple[str, ...], str]) -> str:
+    """Which environment variable set the value at ``path`` (lower-case keys), for a problem line.
+
+    Returns `` (set by VAR)`` when a variable set that value or a list holding it,
+    `` (with keys set by VAR, ...)`` when variables set only some keys below it, else ``""``.
+    """
+    for length in range(len(path), 0, -1):
+        name = env_names.get(path[:length])
+        if name is not None:
+            return f" (set by {name})"
+    below = sorted({n for p, n in env_names.items() if path and p[: len(path)] == path})
+    return f" (with keys set by {', '.join(below)})" if below else ""
+
+
 def translate_errors(
     exc: ValidationError,
     root: Any,
@@ -146,6 +233,9 @@ def translate_errors(
 ) -> list[str]:
     """Turn a pydantic ``ValidationError`` into located one-line problems.
 
+    The errors of the branches of one union (``phase.float``, ``phase.literal['auto']``)
+    become one line at the union's location saying what any branch would have accepted.
+
     Args:
         exc: the error.
         root: the raw input of the whole config (for names in locations).
@@ -153,19 +243,34 @@ def translate_errors(
         env_names: lower-cased key paths set from environment variables -> variable names.
         known_keys: for unknown-key hints, the accepted keys per (string) key path.
     """
-    problems: list[str] = []
+    lines: list[tuple[list[int | str], str]] = []
+    unions: dict[tuple[int | str, ...], int] = {}  # union location -> index in lines
+    branches: dict[int, tuple[Any, dict[str, list[Any]]]] = {}
     for error in exc.errors():
-        loc = [*prefix, *error["loc"]]
+        loc: list[int | str] = [*prefix, *error["loc"]]
+        at, value = _union_point(loc, root, missing=error["type"] == "missing")
+        if at is not None:
+            key = tuple(loc[:at])
+            if key not in unions:
+                unions[key] = len(lines)
+                lines.append((loc[:at], ""))
+                branches[unions[key]] = (value, {})
+            found = branches[unions[key]][1]
+            found.setdefault(str(loc[at]), []).append((loc[at + 1 :], error))
+            continue
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("kind")
-        where = format_location(loc, root)
         path = tuple(str(p).lower() for p in loc if isinstance(p, str))
         keys = (known_keys or {}).get(path[:-1], ())
-        line = f"{where}: {_message(error, keys)}" if where else _message(error, keys)
-        for length in range(len(path), 0, -1):
-            name = (env_names or {}).get(path[:length])
-            if name is not None:
-                line += f" (set by {name})"
-                break
-        problems.append(line)
+        lines.append((loc, _message(error, keys)))
+    problems: list[str] = []
+    for index, (loc, message) in enumerate(lines):
+        if index in branches:
+            value, found = branches[index]
+            options = [_expected(branch, errors) for branch, errors in found.items()]
+            message = f"{value!r} must be {' or '.join(options)}"
+        where = format_location(loc, root)
+        line = f"{where}: {message}" if where else message
+        path = tuple(str(p).lower() for p in loc if isinstance(p, str))
+        problems.append(line + env_note(path, env_names or {}))
     return problems

@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from service.http import check_basic_auth_secret, check_basic_auth_user
 from service.intervals import setting_seconds
+from service.journal import journal_path_problem
 from service.transports.modbus_settings import (
     ModbusRtuOverTcpSettings,
     ModbusRtuSettings,
@@ -72,6 +74,15 @@ def _seconds(value: Any) -> float:
     return setting_seconds(value, what="duration")
 
 
+def _phase(value: Any) -> Any:
+    if value == "auto":
+        return value
+    try:
+        return setting_seconds(value, what="phase", allow_zero=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or 'auto' to spread devices out") from None
+
+
 def _name(value: Any) -> Any:
     if isinstance(value, str) and not _NAME.fullmatch(value):
         shown = repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
@@ -84,6 +95,8 @@ Interval = Annotated[float, BeforeValidator(_interval)]
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 """A positive duration in seconds (number or duration string)."""
 Name = Annotated[str, BeforeValidator(_name)]
+Phase = Annotated[float | Literal["auto"], BeforeValidator(_phase)]
+"""A schedule offset: seconds (number or duration string, zero allowed) or ``"auto"``."""
 
 TransportSettings = Annotated[
     ModbusTcpSettings | ModbusRtuOverTcpSettings | ModbusRtuSettings | SerialSettings,
@@ -128,13 +141,34 @@ class MetricsSettings(_Section):
     tls_key: str | None = Field(default=None, description="PEM private key file for tls_cert.")
     basic_auth_user: str | None = Field(default=None, description="HTTP basic auth user name.")
     basic_auth_password: SecretStr | None = Field(
-        default=None, description="HTTP basic auth password (set both user and password)."
+        default=None,
+        description="HTTP basic auth password, or 'sha256:' and the 64 hex digits of its "
+        "SHA-256 (set both user and password).",
+    )
+    auth_healthz: bool = Field(
+        default=True,
+        description="With basic auth, require it for /healthz too; false leaves /healthz open "
+        "for a container health check.",
     )
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("basic_auth_user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_basic_auth_user(value)  # the exporter's own rule
+        return value
+
+    @field_validator("basic_auth_password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_basic_auth_secret(value.get_secret_value())  # the exporter's own rule
         return value
 
     @model_validator(mode="after")
@@ -221,6 +255,15 @@ class RuntimeSettings(_Section):
             raise ValueError(f"{value!r} s is above the maximum of 3600 s")
         return value
 
+    @field_validator("journal")
+    @classmethod
+    def _journal_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = journal_path_problem(value)
+            if problem is not None:
+                raise ValueError(f"{value!r}: {problem}")
+        return value
+
     @field_validator("loop")
     @classmethod
     def _installed(cls, value: str) -> str:
@@ -247,9 +290,10 @@ class TimerSettings(BaseModel):
 
     name: Name = Field(description="Unique per device; the 'timer' label.")
     interval: Interval = Field(description="Seconds between ticks (or '250ms', '5s', '1m').")
-    phase: float | Literal["auto"] = Field(
+    phase: Phase = Field(
         default=0.0,
-        description="Offset of the schedule grid, seconds, or 'auto' to spread devices out.",
+        description="Offset of the schedule grid, seconds (or '250ms', '1s'), or 'auto' to "
+        "spread devices out.",
     )
     align: bool = Field(
         default=False,

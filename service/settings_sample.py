@@ -14,9 +14,9 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -113,10 +113,49 @@ def _model_placeholder(model: type[BaseModel]) -> dict[str, Any]:
     return value
 
 
+def _accepts(field: FieldInfo, value: Any) -> bool:
+    """True when ``value`` passes the field's type and constraints (``gt``, ``le``, ...)."""
+    try:
+        TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _bounded_number(field: FieldInfo, guess: int | float) -> int | float:
+    """A number inside the field's bounds (``gt=0`` refuses the plain guess 0.0)."""
+    low = high = None
+    for constraint in field.metadata:
+        for name in ("gt", "ge"):
+            low = getattr(constraint, name, None) if low is None else low
+        for name in ("lt", "le"):
+            high = getattr(constraint, name, None) if high is None else high
+    candidates: list[float] = [guess, 1]
+    if low is not None:
+        candidates += [low, low + 1]
+    if high is not None:
+        candidates += [high, high - 1]
+    if low is not None and high is not None:
+        candidates.append((low + high) / 2)
+    for candidate in candidates:
+        value = int(candidate) if isinstance(guess, int) else float(candidate)
+        if _accepts(field, value):
+            return value
+    return guess
+
+
 def _field_value(field: FieldInfo) -> Any:
     if field.examples:
         return field.examples[0]
-    return _placeholder(field.annotation)
+    value = _placeholder(field.annotation)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _bounded_number(field, value)
+    return value
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    """``text`` as TOML comment lines, every line of it (a newline would end the comment)."""
+    return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
 
 
 def _default(field: FieldInfo) -> Any:
@@ -134,7 +173,7 @@ def _field_lines(model: type[BaseModel] | None, indent: str) -> list[str]:
     for name, field in model.model_fields.items():
         key = _key(field.alias or name)
         if field.description:
-            lines.append(f"{indent}# {field.description}")
+            lines += _comment(field.description, indent)
         if field.is_required():
             lines.append(f"{indent}{key} = {toml_value(_field_value(field))}   # REQUIRED")
             continue

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 
 from service.driver import Value
+from service.health import FIELD_NAME
 
 __all__ = [
     "BIT_TABLES",
@@ -27,6 +28,7 @@ __all__ = [
     "ValueDecodeError",
     "decode",
     "encode",
+    "field_name_problem",
 ]
 
 Table = Literal["coil", "discrete", "holding", "input"]
@@ -71,6 +73,21 @@ _INT_RANGE = {
 }
 
 
+def field_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a reading field, or ``None`` when it can.
+
+    The rule is the runtime's (:data:`service.health.FIELD_NAME`): the field becomes part of the
+    metric name ``gatebeat_reading_<field>``, so a config can be refused before the first tick
+    would fail with ``InvalidFieldName``.
+    """
+    if FIELD_NAME.fullmatch(name) is not None:
+        return None
+    return (
+        f"{name!r} is not a valid reading field name: it becomes the metric name "
+        f"gatebeat_reading_<field> (allowed: letters, digits and '_', not starting with a digit)"
+    )
+
+
 class ValueDecodeError(ValueError):
     """Registers or a value could not be converted for a spec; the message names the field."""
 
@@ -93,7 +110,7 @@ class RegisterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     field: str = Field(
-        min_length=1, description="Reading name; the metric is gatebeat_reading_<field>."
+        description="Reading name (letters, digits and _); the metric is gatebeat_reading_<field>."
     )
     table: Table = Field(description="Register table: coil, discrete, holding or input.")
     address: int = Field(ge=0, le=65535, description="0-based address in the table.")
@@ -107,6 +124,14 @@ class RegisterSpec(BaseModel):
     byte_order: Order = Field(default="big", description="Order of the two bytes in each register.")
     scale: float = Field(default=1.0, description="Multiplier from raw to engineering units.")
     offset: float = Field(default=0.0, description="Added after scaling.")
+
+    @field_validator("field")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        problem = field_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:

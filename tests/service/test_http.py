@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry
 from service.health import DeviceHealth
 from service.http import Exporter, ExporterError, parse_listen
 from service.metrics import MetricsHub
+from service.runner import serve
+from service.settings import load_settings
 from service.watchdog import Watchdog
 
 
@@ -130,6 +132,30 @@ async def test_openmetrics_when_asked_and_gzip(served: tuple[Exporter, MetricsHu
     reply = await afetch(exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"})
     assert reply.headers["Content-Encoding"] == "gzip"
     assert b"gatebeat_build_info" in gzip.decompress(reply.body)
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip;q=0", False),
+        ("gzip; q=0.0, deflate", False),
+        ("deflate, gzip;q=0, *", False),
+        ("*;q=0", False),
+        ("identity", False),
+        ("br, GZIP;q=0.5", True),
+        ("*", True),
+    ],
+)
+@pytest.mark.asyncio
+async def test_gzip_only_when_the_client_accepts_it(
+    served: tuple[Exporter, MetricsHub, Switch], accept_encoding: str, gzipped: bool
+) -> None:
+    exporter, _, _ = served
+    reply = await afetch(exporter.url + "/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert reply.status == 200
+    assert ("Content-Encoding" in reply.headers) is gzipped
+    body = gzip.decompress(reply.body) if gzipped else reply.body
+    assert b"gatebeat_build_info" in body
 
 
 @pytest.mark.asyncio
@@ -258,6 +284,51 @@ async def test_healthz_can_stay_open_for_container_health_checks() -> None:
         await exporter.stop()
 
 
+SERVED_CONFIG = """
+[metrics]
+listen = "127.0.0.1:0"
+basic_auth_user = "prom"
+basic_auth_password = "pw"
+{auth_healthz}
+
+[[devices]]
+name = "boiler"
+driver = "modbus"
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = 9, timeout = 0.1, retries = 0 }}
+  [[devices.polls]]
+  name = "temps"
+  interval = 3600
+  registers = [{{ field = "supply_temperature_celsius", table = "holding", address = 0 }}]
+"""
+
+
+@pytest.mark.parametrize(("line", "healthz"), [("auth_healthz = false", 200), ("", 401)])
+@pytest.mark.asyncio
+async def test_auth_healthz_from_the_config_reaches_the_running_exporter(
+    tmp_path: Path, line: str, healthz: int
+) -> None:
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(SERVED_CONFIG.format(auth_healthz=line))
+    settings = load_settings(str(config), env={})
+    assert settings.metrics.auth_healthz is (not line)
+    stop = asyncio.Event()
+    ready: asyncio.Future[Exporter] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(settings, stop=stop, on_ready=ready.set_result, handle_signals=False)
+    )
+    try:
+        async with asyncio.timeout(10):
+            exporter = await ready
+        assert (await afetch(exporter.url + "/healthz")).status == healthz
+        assert (await afetch(exporter.url + "/metrics")).status == 401
+        reply = await afetch(exporter.url + "/healthz", headers=basic("prom", "pw"))
+        assert reply.status == 200
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            assert await task == 0
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert shutil.which("openssl"), "the openssl CLI is needed (.ci/setup installs it)"
@@ -357,10 +428,15 @@ def test_listen_addresses_and_settings_are_validated() -> None:
             parse_listen(bad)
     with pytest.raises(ValueError, match="tls_key given without tls_cert"):
         Exporter(tls_key="key.pem")
-    with pytest.raises(ValueError, match="is not 'sha256:' followed by 64 hex digits"):
+    with pytest.raises(ValueError, match="is not 'sha256:' followed by 64 hex digits") as bad:
         Exporter(basic_auth=("prom", "sha256:abc"))
-    with pytest.raises(ValueError, match="basic_auth needs a user and a password"):
+    assert "abc" not in str(bad.value), "the secret is never shown"
+    with pytest.raises(ValueError, match="basic_auth: user '' is empty"):
         Exporter(basic_auth=("", "pw"))
+    with pytest.raises(ValueError, match="basic_auth: password '' is empty"):
+        Exporter(basic_auth=("prom", ""))
+    with pytest.raises(ValueError, match="contains ':'"):
+        Exporter(basic_auth=("pr:om", "pw"))
     with pytest.raises(RuntimeError, match="not started"):
         _ = Exporter().address
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from service.bus import Bus
 from service.device_runtime import DeviceRuntime
@@ -13,6 +15,7 @@ from service.metrics import MetricsHub
 from service.registry import discover
 from service.schedule import FixedSchedule
 from service.settings import ConfigError, load_settings
+from service.settings_errors import translate_errors
 
 DESIGN_EXAMPLE = """
 [metrics]
@@ -128,7 +131,52 @@ def test_env_devices_json_replaces_the_device_list(tmp_path: Path) -> None:
 
 def test_env_bad_json_is_a_problem(tmp_path: Path) -> None:
     problems = _problems(_config(tmp_path, DESIGN_EXAMPLE), {"GATEBEAT_DEVICES": "[{"})
-    assert problems[0].startswith("GATEBEAT_DEVICES: not valid JSON")
+    assert problems[0].startswith("GATEBEAT_DEVICES: '[{' is not valid JSON (")
+
+
+def test_each_problem_names_the_variable_that_set_the_value(tmp_path: Path) -> None:
+    path = _config(tmp_path, DESIGN_EXAMPLE.replace('"127.0.0.1:9810"', '"127.0.0.1:98100"'))
+    env = {
+        "GATEBEAT_RUNTIME__DRIVER_DIRS": "/tmp",
+        "GATEBEAT_METRICS": '{"basic_auth_user": "prom", "basic_auth_password": "pw", '
+        '"tls_cert": "/etc/cert.pem"}',
+        "GATEBEAT_METRICS__BASIC_AUTH_USER": "",
+        "GATEBEAT_LOGGING": '{"level": "loud"',
+        "GATEBEAT_HEALTHCHECK_URL": "http://127.0.0.1:9810/healthz",  # the Dockerfile's; not ours
+    }
+    assert _problems(path, env) == [
+        "GATEBEAT_RUNTIME__DRIVER_DIRS: '/tmp' is not valid JSON (Expecting value: line 1 column "
+        "1 (char 0)); runtime.driver_dirs is a list, as JSON: '[\"/etc/gatebeat/drivers\"]'",
+        "GATEBEAT_LOGGING: '{\"level\": \"loud\"' is not valid JSON (Expecting ',' delimiter: "
+        "line 1 column 17 (char 16)); logging is a table, as a JSON object (or one variable per "
+        "key: GATEBEAT_LOGGING__KEY)",
+        # from the file, although GATEBEAT_METRICS set other keys of [metrics]:
+        "metrics.listen: '127.0.0.1:98100': port 98100 is not in 0-65535",
+        # GATEBEAT_METRICS__BASIC_AUTH_USER wins over the user in GATEBEAT_METRICS:
+        "metrics.basic_auth_user: user '' is empty; a user and a password are both needed "
+        "(set by GATEBEAT_METRICS__BASIC_AUTH_USER)",
+    ]
+    del env["GATEBEAT_RUNTIME__DRIVER_DIRS"], env["GATEBEAT_LOGGING"]
+    env["GATEBEAT_METRICS__LISTEN"] = "127.0.0.1:9810"
+    env["GATEBEAT_METRICS__BASIC_AUTH_USER"] = "scraper"
+    assert _problems(path, env) == [
+        "metrics: tls_cert and tls_key must be set together (with keys set by GATEBEAT_METRICS, "
+        "GATEBEAT_METRICS__BASIC_AUTH_USER, GATEBEAT_METRICS__LISTEN)"
+    ]
+
+
+def test_device_keys_cannot_be_set_one_by_one_from_the_environment(tmp_path: Path) -> None:
+    path = _config(tmp_path, DESIGN_EXAMPLE)
+    assert _problems(path, {"GATEBEAT_DEVICES__0__NAME": "x"}) == [
+        "GATEBEAT_DEVICES__0__NAME: devices cannot be set one key at a time; GATEBEAT_DEVICES "
+        "(a JSON array of device tables) replaces the whole device list, or edit the file"
+    ]
+    devices = [{"name": "a", "driver": "modbus", "transport": {"kind": "modbus-tcp"}, "x": 1}]
+    assert _problems(path, {"GATEBEAT_DEVICES": json.dumps(devices)}) == [
+        "devices[a].transport.host: required, but missing (set by GATEBEAT_DEVICES)",
+        "devices[a].x: unknown key (driver 'modbus' takes no other keys) (set by GATEBEAT_DEVICES)",
+        "devices[a]: no polls nor heartbeats configured (set by GATEBEAT_DEVICES)",
+    ]
 
 
 def test_every_problem_is_listed(tmp_path: Path) -> None:
@@ -266,3 +314,42 @@ def test_listen_addresses(tmp_path: Path, listen: str, ok: bool) -> None:
         assert load_settings(path, env).metrics.listen == listen
     else:
         assert _problems(path, env)[0].startswith("metrics.listen: ")
+
+
+@pytest.mark.parametrize(
+    ("phase", "seconds"),
+    [
+        ('"250ms"', 0.25),
+        ('"0s"', 0.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+        ('"1m"', 60.0),
+        ('"auto"', "auto"),
+    ],
+)
+def test_a_phase_takes_seconds_or_a_duration_string_like_every_duration(
+    tmp_path: Path, phase: str, seconds: float | str
+) -> None:
+    text = DESIGN_EXAMPLE.replace('interval = "10s"', f'interval = "10m"\n  phase = {phase}')
+    (device,) = load_settings(_config(tmp_path, text), {}).resolved_devices
+    assert device.heartbeats[0].phase == seconds
+
+
+def test_union_branches_give_one_line_per_value() -> None:
+    class Model(BaseModel):
+        value: Literal["counter", "toggle"] | int = 1
+        names: list[str] | str = "a"
+        phases: list[int | Literal["auto"]] = []
+
+    def lines(data: dict[str, object]) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            Model.model_validate(data)
+        return translate_errors(info.value, data)
+
+    assert lines({"value": {"a": 1}}) == [
+        "value: {'a': 1} must be one of 'counter', 'toggle' or an integer"
+    ]
+    assert lines({"names": [1]}) == [
+        "names: [1] must be a list ([0]: 1 is not a string) or a string"
+    ]
+    assert lines({"phases": [1, "b"]}) == ["phases[1]: 'b' must be an integer or 'auto'"]

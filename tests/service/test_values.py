@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from service.health import InvalidFieldName, validate_field_name
 from service.values import RegisterSpec, ValueDecodeError, decode, encode
 
 ORDERS = st.sampled_from(["big", "little"])
@@ -24,6 +25,23 @@ INT_BOUNDS = {
 
 def spec(**kw: object) -> RegisterSpec:
     return RegisterSpec.model_validate({"field": "x", "table": "holding", "address": 0, **kw})
+
+
+@given(name=st.text(max_size=12) | st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True))
+def test_a_field_name_is_accepted_exactly_when_the_runtime_would_export_it(name: str) -> None:
+    try:
+        validate_field_name(name, device="boiler")
+        runtime_ok = True
+    except InvalidFieldName:
+        runtime_ok = False
+    try:
+        spec(field=name)
+        config_ok = True
+    except ValidationError as exc:
+        assert exc.errors()[0]["loc"] == ("field",)
+        assert repr(name) in str(exc)
+        config_ok = False
+    assert config_ok == runtime_ok
 
 
 @given(type_=st.sampled_from(sorted(INT_BOUNDS)), data=st.data(), word=ORDERS, byte=ORDERS)
