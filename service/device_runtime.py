@@ -18,7 +18,7 @@ from typing import Any
 
 from service.bus import Bus
 from service.driver import Device, Readings, Tick, TimerSpec
-from service.health import DeviceHealth
+from service.health import DeviceHealth, validate_field_name
 from service.journal import EventJournal
 from service.metrics import MetricsHub
 from service.records import Outcome, SchedulePolicy, TickRecord
@@ -125,7 +125,10 @@ class DeviceRuntime:
             align=resolved.align and heartbeat,
             immediate=resolved.immediate,
             timeout=resolved.timeout,
-            observers=(self._hub.observer(self.name, resolved.name, resolved.interval),),
+            observers=(
+                self._hub.observer(self.name, resolved.name, resolved.interval),
+                self._timeout_observer(resolved.spec),
+            ),
         )
         if self._journal is not None:
             timer.add_observer(self._journal_observer(resolved.name))
@@ -137,6 +140,8 @@ class DeviceRuntime:
         loop = asyncio.get_running_loop()
         try:
             readings = await callback(Tick(self.device, spec, number, due))
+            for field in readings or ():  # a bad name fails the tick before anything is kept
+                validate_field_name(field, device=self.name)
         except Exception as exc:
             fields = self._fields.get(spec.name, frozenset())
             self.health.record_failure(exc, now=loop.time(), fields=fields)
@@ -150,6 +155,23 @@ class DeviceRuntime:
         gone = before - produced - others
         self.health.record_success(readings or None, now=loop.time(), dropped=gone)
         self._note_transition()
+
+    def _timeout_observer(self, spec: TimerSpec) -> Callable[[TickRecord], None]:
+        """An observer that counts a tick cut off by its ``timeout`` as a device failure.
+
+        The engine cancels such a tick, so the callback sees a ``CancelledError``, the same
+        as at shutdown; only the tick's record says which it was (``Outcome.TIMEOUT``).
+        """
+
+        def on_tick(record: TickRecord) -> None:
+            if record.outcome is Outcome.TIMEOUT:
+                error = record.error or TimeoutError(f"device {self.name!r}: tick timed out")
+                fields = self._fields.get(spec.name, frozenset())
+                now = asyncio.get_running_loop().time()
+                self.health.record_failure(error, now=now, fields=fields)
+                self._note_transition()
+
+        return on_tick
 
     def check_stale(self, now: float) -> bool:
         """The watchdog's per-beat check: mark the device down if nothing succeeded within its

@@ -36,6 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.transports.factory import TRANSPORT_KINDS
+
 __all__ = [
     "COMMON_DEVICE_KEYS",
     "COMMON_TIMER_KEYS",
@@ -299,7 +301,9 @@ def check_module(name: str, source: DriverSource, module: ModuleType) -> LoadedD
     """
     where = f"module {module.__name__!r}"
     if not _NAME.fullmatch(name):
-        raise DriverError(name, f"{where}: driver names are letters, digits and '_'")
+        raise DriverError(
+            name, f"{where}: a driver name starts with a letter, then letters, digits and '_'"
+        )
     if not hasattr(module, "poll") and not hasattr(module, "heartbeat"):
         raise DriverError(name, f"{where} defines neither poll() nor heartbeat()")
     for callback in _CALLBACKS:
@@ -313,6 +317,13 @@ def check_module(name: str, source: DriverSource, module: ModuleType) -> LoadedD
         or not all(isinstance(t, str) for t in transports)
     ):
         raise DriverError(name, f"{where}: TRANSPORTS must be a non-empty list of transport kinds")
+    unknown = [t for t in transports if t not in TRANSPORT_KINDS]
+    if unknown:
+        raise DriverError(
+            name,
+            f"{where}: TRANSPORTS names unknown transport kinds {unknown!r} "
+            f"(known: {', '.join(sorted(TRANSPORT_KINDS))})",
+        )
     triggers = getattr(module, "TRIGGERS", ())
     if not isinstance(triggers, list | tuple) or not all(
         isinstance(t, tuple) and len(t) == 2 and inspect.iscoroutinefunction(t[1]) for t in triggers

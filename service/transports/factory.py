@@ -20,10 +20,13 @@ from service.transports.modbus import (
 if TYPE_CHECKING:
     from service.transports.serial import SerialLineSession
 
-__all__ = ["MODBUS_KINDS", "open_session"]
+__all__ = ["MODBUS_KINDS", "TRANSPORT_KINDS", "open_session"]
 
 MODBUS_KINDS: frozenset[str] = frozenset({"modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"})
 """Transport kinds served by :class:`~service.transports.modbus.ModbusSession`."""
+
+TRANSPORT_KINDS: frozenset[str] = MODBUS_KINDS | {"serial"}
+"""Every transport kind a device's ``transport.kind`` (and a driver's ``TRANSPORTS``) may name."""
 
 
 def open_session(

@@ -72,6 +72,10 @@ def test_missing_directory_is_an_error(tmp_path: Path) -> None:
         ("TRANSPORTS = ['serial']\ndef poll(tick):\n    return {}\n", "must be an 'async def'"),
         ("async def poll(tick):\n    return {}\n", "TRANSPORTS must be a non-empty list"),
         (
+            "TRANSPORTS = ['modbus_tcp']\nasync def poll(tick):\n    return {}\n",
+            "TRANSPORTS names unknown transport kinds ['modbus_tcp'] (known: modbus-rtu,",
+        ),
+        (
             "TRANSPORTS = ['serial']\nclass Config:\n    pass\n"
             "async def poll(tick):\n    return {}\n",
             "Config must be a pydantic BaseModel subclass",
