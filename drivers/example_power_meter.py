@@ -17,7 +17,9 @@ REGISTERS = [
     RegisterSpec(field="voltage_volts", table="input", address=0, type="float32"),
     RegisterSpec(field="current_amperes", table="input", address=2, type="float32"),
     RegisterSpec(field="power_watts", table="input", address=4, type="float32"),
-    RegisterSpec(field="energy_watt_hours", table="input", address=6, type="float32"),
+    RegisterSpec(
+        field="energy_joules", table="input", address=6, type="float32", scale=3600.0
+    ),  # the meter counts watt-hours; Prometheus wants base units
 ]
 
 

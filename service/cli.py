@@ -161,8 +161,8 @@ def _check_config(path: str | None, *, out: TextIO, err: TextIO) -> int:
 def _driver_dirs(config: str | None, extra: Sequence[str]) -> list[str]:
     """The driver directories ``run`` would search, followed by ``extra``.
 
-    That is ``runtime.driver_dirs`` of ``config`` (default ``$GATEBEAT_CONFIG``; read
-    leniently, as the rest of the file need not be valid to list drivers), replaced by
+    That is ``runtime.driver_dirs`` of ``config`` (default ``$GATEBEAT_CONFIG`` if that file
+    exists; read leniently, as the rest of the file need not be valid to list drivers), replaced by
     ``GATEBEAT_RUNTIME__DRIVER_DIRS`` when that is set.
 
     Raises:
@@ -170,7 +170,10 @@ def _driver_dirs(config: str | None, extra: Sequence[str]) -> list[str]:
     """
     from service.settings import CONFIG_ENV, ConfigError, env_driver_dirs
 
-    config = config if config is not None else os.environ.get(CONFIG_ENV) or None
+    if config is None:
+        config = os.environ.get(CONFIG_ENV) or None
+        if config is not None and not Path(config).exists():
+            config = None  # the image's default config path, with nothing mounted there yet
     dirs: list[str] = []
     if config is not None:
         try:

@@ -87,14 +87,14 @@ POWER_METER_SPECS = [
     _spec("voltage_volts", "input", 0, "float32"),
     _spec("current_amperes", "input", 2, "float32"),
     _spec("power_watts", "input", 4, "float32"),
-    _spec("energy_watt_hours", "input", 6, "float32"),
+    _spec("energy_joules", "input", 6, "float32", scale=3600.0),  # kept in Wh
 ]
 """Where the example power meter keeps its readings (float32, big-endian words)."""
 
 
 def power_meter_profile(unit_id: int = 1) -> UnitProfile:
     """A power meter: voltage, current, power and energy as float32 input registers 0..7."""
-    values = [230.0, 5.0, 1150.0, 123456.0]
+    values = [230.0, 5.0, 1150.0, 123456.0 * 3600.0]  # 123,456 Wh in joules
     return UnitProfile(unit_id=unit_id, values=list(zip(POWER_METER_SPECS, values, strict=True)))
 
 

@@ -35,7 +35,7 @@ async def test_poll_reads_floats_and_heartbeat_counts(framer: str) -> None:
             "voltage_volts": 230.0,
             "current_amperes": 5.0,
             "power_watts": 2300.5,
-            "energy_watt_hours": 123456.0,
+            "energy_joules": 123456.0 * 3600.0,
         }
         assert session.requests_sent == 1
         for n in range(1, 4):

@@ -264,6 +264,31 @@ def test_drivers_and_sample_config_find_the_drivers_run_would(tmp_path: Path, ho
             assert result.stdout.startswith("# gatebeat sample config for the 'mine' driver")
 
 
+def test_drivers_work_while_the_default_config_file_is_not_there_yet(tmp_path: Path) -> None:
+    """The image sets GATEBEAT_CONFIG to /etc/gatebeat/gatebeat.toml; `docker run --rm gatebeat
+    drivers` without a mounted config must still list the built-in drivers. An explicit
+    --config that is missing stays an error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEBEAT_")}
+    env["GATEBEAT_CONFIG"] = str(tmp_path / "not-mounted.toml")
+    for command in (["drivers"], ["sample-config", "modbus"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "service", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+    explicit = subprocess.run(
+        [sys.executable, "-m", "service", "drivers", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert explicit.returncode == 2 and "nope.toml" in explicit.stdout + explicit.stderr
+
+
 def test_a_bad_driver_dirs_variable_is_reported_naming_it() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEBEAT_")}
     env["GATEBEAT_RUNTIME__DRIVER_DIRS"] = "/etc/gatebeat/drivers"

@@ -38,7 +38,7 @@ METER = {
     "voltage_volts": 230.0,
     "current_amperes": 5.0,
     "power_watts": 1150.0,
-    "energy_watt_hours": 123456.0,
+    "energy_joules": 123456.0 * 3600.0,
 }
 
 
