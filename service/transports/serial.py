@@ -17,9 +17,15 @@ Line protocols carry no transaction ids, so the session resynchronises by itself
 
 The port opens lazily on the first request. When it disappears (a USB adapter unplugged, a
 simulator stopped) the session closes it and reopens it on a later request; failed opens back off
-exponentially (``reconnect_delay`` doubling up to ``reconnect_delay_max``, with jitter), and
-requests made while backing off fail at once with :class:`DeviceUnavailable`. Nothing runs in the
-background, so an absent device costs no CPU.
+exponentially (``reconnect_delay`` doubling up to ``reconnect_delay_max``, shortened by up to
+``reconnect_jitter``), and requests made while backing off fail at once with
+:class:`DeviceUnavailable`. Nothing runs in the background, so an absent device costs no CPU.
+
+A device that stops answering is backed off the same way, like a Modbus device: after a
+``request`` or ``read_frame`` timed out, requests and frame reads fail at once with
+:class:`DeviceUnavailable` (without taking a bus turn) until the next attempt is due, and the
+first reply ends the backoff. So a dead device on a shared line costs the others one ``timeout``
+per backoff step, not one per poll. ``send`` expects no reply and is not held back.
 """
 
 from __future__ import annotations
@@ -124,9 +130,19 @@ class SerialLineSession:
         self._transport: Any = None
         self._lock = asyncio.Lock()
         self._backoff = Backoff(
-            first=settings.reconnect_delay, cap=settings.reconnect_delay_max, jitter=0.2
+            first=settings.reconnect_delay,
+            cap=settings.reconnect_delay_max,
+            jitter=settings.reconnect_jitter,
         )
+        """When the port may be opened again after a failed open."""
+        self._silence = Backoff(
+            first=settings.reconnect_delay,
+            cap=settings.reconnect_delay_max,
+            jitter=settings.reconnect_jitter,
+        )
+        """When a device that stopped answering is tried again."""
         self._down = False
+        self._silent = False
         self._closed = False
         self._needs_resync = False
         self._failed_at = -float("inf")
@@ -145,8 +161,9 @@ class SerialLineSession:
                 appended: include the command's own terminator (``"READ?\\r\\n"``).
 
         Raises:
-            DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
-            DeviceTimeout: no complete reply within ``timeout`` seconds.
+            DeviceUnavailable: the port cannot be opened, is backing off, or was lost; or the
+                device stopped answering and its next attempt is not due yet.
+            DeviceTimeout: no complete reply within ``timeout`` seconds (starts the backoff).
             FrameError: the reply is longer than ``max_frame_length`` or cannot be decoded.
         """
         data = self._encode(command, "request")
@@ -158,22 +175,22 @@ class SerialLineSession:
                     await self._resync("request", data)
                     async with asyncio.timeout(self.settings.timeout):
                         await self._write(data)
-                        return await self._read_frame("request", data)
+                        reply = await self._read_frame("request", data)
                 except asyncio.CancelledError:
                     self._mark_resync()  # a reply may still be on its way
                     raise
                 except TimeoutError as exc:
                     self._mark_resync()
-                    raise DeviceTimeout(
-                        f"device {self.device!r}: request {data!r}: no complete reply within "
-                        f"{self.settings.timeout} s (received {self._pending()!r})",
-                        device=self.device,
-                    ) from exc
+                    raise self._timed_out(f"request {data!r}", "reply") from exc
                 finally:
                     self._last_exchange = asyncio.get_running_loop().time()
+                self._answered()
+                return reply
 
     async def send(self, data: bytes | str) -> None:
         """Write ``data`` inside a bus turn without waiting for a reply.
+
+        A device that stopped answering does not hold ``send`` back (nothing waits for it).
 
         Raises:
             DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
@@ -181,7 +198,7 @@ class SerialLineSession:
         """
         raw = self._encode(data, "send")
         async with self._lock:
-            await self._ensure_open("send", raw)
+            await self._ensure_open("send", raw, expects_reply=False)
             await self._pace()
             async with self.bus.turn(self.device):
                 try:
@@ -200,21 +217,20 @@ class SerialLineSession:
         """Return the next frame the device sends by itself (no command, no bus turn).
 
         Raises:
-            DeviceUnavailable: the port cannot be opened, is backing off, or was lost.
-            DeviceTimeout: no complete frame within ``timeout`` seconds.
+            DeviceUnavailable: the port cannot be opened, is backing off, or was lost; or the
+                device stopped answering and its next attempt is not due yet.
+            DeviceTimeout: no complete frame within ``timeout`` seconds (starts the backoff).
             FrameError: the frame is too long or cannot be decoded.
         """
         async with self._lock:
             await self._ensure_open("read_frame", None)
             try:
                 async with asyncio.timeout(self.settings.timeout):
-                    return await self._read_frame("read_frame", None)
+                    frame = await self._read_frame("read_frame", None)
             except TimeoutError as exc:
-                raise DeviceTimeout(
-                    f"device {self.device!r}: read_frame: no complete frame within "
-                    f"{self.settings.timeout} s (received {self._pending()!r})",
-                    device=self.device,
-                ) from exc
+                raise self._timed_out("read_frame", "frame") from exc
+            self._answered()
+            return frame
 
     async def close(self) -> None:
         """Close the port; later requests fail with :class:`DeviceUnavailable`. Idempotent."""
@@ -223,11 +239,20 @@ class SerialLineSession:
 
     # -- connection ---------------------------------------------------------------------
 
-    async def _ensure_open(self, function: str, data: bytes | None) -> None:
+    async def _ensure_open(
+        self, function: str, data: bytes | None, *, expects_reply: bool = True
+    ) -> None:
         what = function if data is None else f"{function} {data!r}"
         if self._closed:
             raise DeviceUnavailable(
                 f"device {self.device!r}: {what}: session closed", device=self.device
+            )
+        now = asyncio.get_running_loop().time()
+        if expects_reply and self._silence.backing_off(now):
+            raise DeviceUnavailable(
+                f"device {self.device!r}: {what}: not answering, next attempt in "
+                f"{self._silence.retry_at - now:.3f} s",
+                device=self.device,
             )
         if self.connected:
             return
@@ -308,6 +333,36 @@ class SerialLineSession:
             f"device {self.device!r}: {what}: port {self.settings.port!r} lost ({exc})",
             device=self.device,
         )
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _timed_out(self, what: str, expected: str) -> DeviceTimeout:
+        """Back the device off after no ``expected`` came in time; return the error to raise.
+
+        The first timeout after a reply logs a warning; later ones (each retry that finds the
+        device still silent) only lengthen the backoff.
+        """
+        wait = self._silence.failed(asyncio.get_running_loop().time())
+        if not self._silent:
+            self._silent = True
+            log.warning(
+                "device %s stopped answering; backing off (next attempt in %.3f s)",
+                self.device,
+                wait,
+                extra={"device": self.device},
+            )
+        return DeviceTimeout(
+            f"device {self.device!r}: {what}: no complete {expected} within "
+            f"{self.settings.timeout} s (received {self._pending()!r})",
+            device=self.device,
+        )
+
+    def _answered(self) -> None:
+        """The device replied: end its backoff, and log once that it answers again."""
+        if self._silent:
+            self._silent = False
+            log.info("device %s answers again", self.device, extra={"device": self.device})
+        self._silence.succeeded()
 
     # -- exchange -----------------------------------------------------------------------
 

@@ -54,10 +54,20 @@ class SerialSettings(BaseModel):
         default=0.05, description="Seconds of silence awaited after a timeout or framing error."
     )
     reconnect_delay: float = Field(
-        default=0.1, description="First delay before reopening, seconds."
+        default=0.1,
+        description=(
+            "Seconds before reopening a port that failed, or retrying a device that stopped "
+            "answering; doubles each time."
+        ),
     )
     reconnect_delay_max: float = Field(
-        default=10.0, description="Cap of the reopen backoff, seconds."
+        default=10.0, description="The longest wait between reopen or retry attempts, seconds."
+    )
+    reconnect_jitter: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Fraction by which a reopen or retry wait may shrink.",
     )
     connect_pause: float = Field(default=0.0, description="Pause after opening the port, seconds.")
     request_gap: float = Field(

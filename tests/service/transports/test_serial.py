@@ -26,6 +26,7 @@ from service.transports.serial import (
     bus_name,
     default_gap,
 )
+from tests.service.transports.support import once_due
 
 pytestmark = pytest.mark.realtime
 
@@ -62,12 +63,13 @@ def counter_responder() -> Callable[[str], Reply]:
 def test_settings_defaults_and_bus() -> None:
     s = SerialSettings(port="/dev/ttyUSB0")
     assert (s.kind, s.baudrate, s.parity, s.stopbits, s.bytesize) == ("serial", 9600, "N", 1, 8)
-    assert (s.terminator, s.timeout, s.reconnect_delay, s.reconnect_delay_max) == (
-        "\r\n",
-        1.0,
-        0.1,
-        10.0,
-    )
+    assert (
+        s.terminator,
+        s.timeout,
+        s.reconnect_delay,
+        s.reconnect_delay_max,
+        s.reconnect_jitter,
+    ) == ("\r\n", 1.0, 0.1, 10.0, 0.2)
     assert bus_name(s) == "serial:/dev/ttyUSB0"
     assert default_gap(s) == 0.0
     shared = SerialSettings(port="/dev/ttyUSB0", bus="line-1", gap="30ms", timeout="250ms")
@@ -87,6 +89,7 @@ def test_settings_defaults_and_bus() -> None:
         ({"terminator": ""}, "terminator", "must not be empty"),
         ({"frame_length": 2000}, "frame_length", "exceeds max_frame_length"),
         ({"reconnect_delay": 5, "reconnect_delay_max": 1}, "reconnect_delay_max", "below"),
+        ({"reconnect_jitter": 1.5}, "reconnect_jitter", "less than or equal to 1"),
         ({"baud": 9600}, "baud", "Extra inputs"),
     ],
 )
@@ -152,7 +155,9 @@ async def test_timeout_then_recovery() -> None:
             await session.request("READ?\r\n")
         assert 0.15 <= loop.time() - started < 1.0
         sim.silent = False
-        assert await session.request("READ?\r\n") == "21.5"
+        with pytest.raises(DeviceUnavailable, match="not answering, next attempt in"):
+            await session.request("READ?\r\n")  # backing off for up to reconnect_delay
+        assert await once_due(lambda: session.request("READ?\r\n")) == "21.5"
 
 
 @pytest.mark.asyncio
@@ -202,7 +207,7 @@ async def test_half_frame_then_recovery() -> None:
     ):
         with pytest.raises(DeviceTimeout, match=r"received b'21\.'"):
             await session.request("READ?\r\n")
-        assert await session.request("READ?\r\n") == "21.5"
+        assert await once_due(lambda: session.request("READ?\r\n")) == "21.5"
         assert len(sim.requests) == 2
 
 
