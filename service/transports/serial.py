@@ -41,6 +41,7 @@ import serial_asyncio
 from service.bus import Bus
 from service.transports.backoff import Backoff
 from service.transports.errors import DeviceTimeout, DeviceUnavailable, FrameError
+from service.transports.serial_protocol import BUFFER_CAP_MIN, LineProtocol
 from service.transports.serial_settings import SerialSettings, bus_name, default_gap
 
 __all__ = [
@@ -51,65 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("gatebeat.transport.serial")
-
-_BUFFER_CAP_MIN = 64 * 1024
-"""Bytes kept unread at most (or 4 x ``max_frame_length``) before the buffer is dropped."""
-
-
-class _LineProtocol(asyncio.Protocol):
-    """Collects received bytes and wakes the one reader waiting for them."""
-
-    def __init__(self, cap: int) -> None:
-        self.buffer = bytearray()
-        self.overflowed = False
-        self.lost: BaseException | None = None
-        self.transport: asyncio.BaseTransport | None = None
-        self.last_received = -float("inf")
-        self._cap = cap
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self.last_received = asyncio.get_running_loop().time()
-        if len(self.buffer) > self._cap:
-            self.buffer.clear()
-            self.overflowed = True
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc if exc is not None else ConnectionError("port closed")
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        if self._drained is None or self._drained.done():
-            self._drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def wait_received(self) -> None:
-        """Wait until more bytes arrive or the port is lost."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def wait_drained(self) -> None:
-        """Wait until the transport's write buffer is empty (or the port is lost)."""
-        if self._drained is not None:
-            await asyncio.shield(self._drained)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 class SerialLineSession:
@@ -126,7 +68,7 @@ class SerialLineSession:
         self.device = device
         self.bus = bus
         self._terminator = settings.terminator.encode(settings.encoding)
-        self._protocol: _LineProtocol | None = None
+        self._protocol: LineProtocol | None = None
         self._transport: Any = None
         self._lock = asyncio.Lock()
         self._backoff = Backoff(
@@ -266,11 +208,11 @@ class SerialLineSession:
                 device=self.device,
             )
         s = self.settings
-        cap = max(_BUFFER_CAP_MIN, 4 * s.max_frame_length)
+        cap = max(BUFFER_CAP_MIN, 4 * s.max_frame_length)
         try:
             transport, protocol = await serial_asyncio.create_serial_connection(
                 loop,
-                lambda: _LineProtocol(cap),
+                lambda: LineProtocol(cap),
                 s.port,
                 baudrate=s.baudrate,
                 parity=s.parity,
@@ -432,7 +374,7 @@ class SerialLineSession:
             await protocol.wait_received()
 
     def _take_frame(
-        self, protocol: _LineProtocol, function: str, data: bytes | None
+        self, protocol: LineProtocol, function: str, data: bytes | None
     ) -> bytes | None:
         buffer = protocol.buffer
         limit = self.settings.max_frame_length
