@@ -40,9 +40,8 @@ from service.settings_models import (
     RuntimeSettings,
     Sections,
 )
+from service.settings_ports import serial_port_problems
 from service.transports.modbus_plan import plan_reads
-from service.transports.modbus_settings import ModbusRtuSettings
-from service.transports.serial_settings import SerialSettings
 
 __all__ = [
     "CONFIG_ENV",
@@ -314,45 +313,6 @@ def _budget_findings(devices: Sequence[ResolvedDevice]) -> list[str]:
     return [str(finding) for finding in check_budget(loads)]
 
 
-def _serial_port_problems(devices: Sequence[tuple[int, ResolvedDevice]], root: Any) -> list[str]:
-    """Enabled devices that open one serial port (``modbus-rtu``, ``serial``) on different buses.
-
-    A serial port is one line: it is opened once per bus, and pymodbus locks it, so a second
-    bus on the same port would never connect ("Could not exclusively lock port") and the two
-    would not take turns. Each device using a port another device opened first on another bus
-    is one problem naming both devices, both buses and the port.
-
-    Args:
-        devices: ``(index in [[devices]], device)`` pairs, in config order.
-        root: the raw config, for device names in locations.
-    """
-    first: dict[str, tuple[int, ResolvedDevice]] = {}
-    problems: list[str] = []
-    for index, device in devices:
-        transport = device.transport
-        if not device.enabled or not isinstance(transport, ModbusRtuSettings | SerialSettings):
-            continue
-        owner = first.setdefault(transport.port, (index, device))
-        other_index, other = owner
-        if other.bus == device.bus:
-            continue
-        where = format_location(("devices", index, "transport", "port"), root)
-        this = format_location(("devices", index), root)
-        that = format_location(("devices", other_index), root)
-        problems.append(
-            f"{where}: {transport.port!r} is also the port of {that} on {_bus_text(other)}, "
-            f"but {this} is on {_bus_text(device)} (devices on one serial port share one line: "
-            f"give them the same bus, or leave bus unset on all of them)"
-        )
-    return problems
-
-
-def _bus_text(device: ResolvedDevice) -> str:
-    if getattr(device.transport, "bus", None) is None:
-        return f"the default bus {device.bus!r}"
-    return f"bus {device.bus!r}"
-
-
 def load_settings(
     path: str | None,
     env: Mapping[str, str] | None = None,
@@ -429,7 +389,7 @@ def load_settings(
             if device is not None:
                 resolved.append(device)
                 indices.append(index)
-        problems.extend(_serial_port_problems(list(zip(indices, resolved, strict=True)), merged))
+        problems.extend(serial_port_problems(list(zip(indices, resolved, strict=True)), merged))
     note = env_note(("devices",), env_names)  # the list comes whole from one place
     problems[before:] = [p if p.endswith(note) else p + note for p in problems[before:]]
 

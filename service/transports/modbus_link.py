@@ -49,11 +49,12 @@ __all__ = ["ModbusLink", "link_for", "link_key", "release"]
 
 log = logging.getLogger("gatebeat.transports.modbus")
 
-_LINK_FIELDS: dict[str, tuple[str, ...]] = {
+LINK_FIELDS: dict[str, tuple[str, ...]] = {
     "modbus-tcp": ("host", "port"),
     "modbus-rtu-over-tcp": ("host", "port"),
     "modbus-rtu": ("port", "baudrate", "parity", "stopbits", "bytesize"),
 }
+"""The settings that make a link: devices sharing one must agree on them."""
 _links: weakref.WeakKeyDictionary[Bus, dict[str, ModbusLink]] = weakref.WeakKeyDictionary()
 
 
@@ -270,7 +271,7 @@ def link_for(bus: Bus, settings: ModbusSettings, *, device: str) -> ModbusLink:
                 f"device {device!r}: {key} is already used as {link.settings.kind!r}, "
                 f"not {settings.kind!r}"
             )
-        for name in _LINK_FIELDS[settings.kind]:
+        for name in LINK_FIELDS[settings.kind]:
             mine, theirs = getattr(settings, name), getattr(link.settings, name)
             if mine != theirs:
                 raise ValueError(
