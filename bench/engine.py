@@ -104,7 +104,13 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--row", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        # The child prints its timing result before the memory phase: keep it if it came.
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        lines = out.strip().splitlines()
+        if lines:
+            result: dict[str, Any] = json.loads(lines[-1])
+            return result
         return {"error": f"too slow (n/a): row did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -128,6 +134,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in ok if r.get(key) is not None]
         merged[key] = statistics.median(values) if values else None
     merged["runs"] = len(ok)
+    merged["failed_runs"] = len(results) - len(ok)
+    merged["unexplained_any"] = max(r.get("unexplained_skips", 0) for r in ok)
     merged["missing_any"] = max(unaccounted(r) for r in ok)
     merged["skipped_any"] = max(r.get("skipped", 0) for r in ok)
     merged["early_any"] = max(r["early"] for r in ok)
@@ -260,6 +268,16 @@ def summarize(
         for cfg in cfgs:
             ref = get(loop, cfg, "reference")
             where = f"{loop} {cfg.interval:g}s N={cfg.n} {cfg.mode}"
+            for impl in ("reference", "gatebeat", "gatebeat-loop", "gatebeat+prom"):
+                r = results.get((loop, cfg, impl))
+                if r is None:
+                    continue  # not asked for in this run
+                failed = "error" in r or r.get("failed_runs", 0) > 0
+                check(  # a row that failed must not drop out of the verdicts unnoticed
+                    "every key row ran (every repeat)",
+                    not failed,
+                    f"{impl} {where}: {r.get('error') or str(r['failed_runs']) + ' failed run(s)'}",
+                )
             for impl in ("gatebeat", "gatebeat-loop", "gatebeat+prom"):
                 g = get(loop, cfg, impl)
                 if g is None:
@@ -269,11 +287,13 @@ def summarize(
                 if skips(g):
                     note = "  (ticks skipped in a stall and counted by the engine, FIXED)"
                     lines.setdefault(note, []).append(f"{impl} {where}: {skips(g)}")
+                unexplained = g.get("unexplained_any", g.get("unexplained_skips", 0))
                 drift_ok = g["drift"] is not None and g["drift"] < max(5.0, 3 * g["p99"])
                 check(
                     "T4 no drift, no missing ticks",
-                    missing == 0 and early == 0 and drift_ok,
-                    f"{impl} {where}: missing={missing} early={early} drift={fmt(g['drift'])}ms",
+                    missing == 0 and early == 0 and drift_ok and unexplained == 0,
+                    f"{impl} {where}: missing={missing} early={early} drift={fmt(g['drift'])}ms "
+                    f"skips the engine did not count={unexplained}",
                 )
                 if ref is None:
                     continue

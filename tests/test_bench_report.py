@@ -62,3 +62,41 @@ def test_report_reads_back_what_json_wrote(tmp_path: Path) -> None:
     path = tmp_path / "runs.json"
     engine.save_runs(str(path), raw)
     assert engine.load_runs(str(path)) == raw
+
+
+def _row(p99: float = 1.0, cpu: float = 2.0, **extra: Any) -> dict[str, Any]:
+    base = {"p50": 0.5, "p99": p99, "max": p99, "drift": 0.5, "cpu_us": cpu, "mem": 100.0,
+            "due": 10, "delivered": 10, "skipped": 0, "early": 0}  # fmt: skip
+    return {**base, **extra}
+
+
+def _verdicts(raw: dict[Any, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]) -> str:
+    results = {key: engine.merge(runs) for key, runs in raw.items()}
+    engine.summarize(results, ["asyncio"], raw)
+    return capsys.readouterr().out
+
+
+def test_a_tick_the_engine_lost_without_counting_it_fails_t4(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = engine.Config(100, 1.0, "spread", 4.0)
+    raw = {
+        ("asyncio", cfg, "reference"): [_row()],
+        ("asyncio", cfg, "gatebeat"): [_row(skipped=1, delivered=9, unexplained_skips=1)],
+    }
+    out = _verdicts(raw, capsys)
+    assert "NOT MET T4 no drift, no missing ticks" in out
+    assert "skips the engine did not count=1" in out
+
+
+def test_a_key_row_that_failed_is_not_met_rather_than_left_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = engine.Config(10000, 1.0, "spread", 4.0)
+    raw = {
+        ("asyncio", cfg, "reference"): [_row()],
+        ("asyncio", cfg, "gatebeat"): [_row(), {"error": "too slow (n/a)"}],
+    }
+    out = _verdicts(raw, capsys)
+    assert "NOT MET every key row ran (every repeat)" in out
+    assert "gatebeat asyncio 1s N=10000 spread: 1 failed run(s)" in out
