@@ -236,9 +236,19 @@ class DeviceRuntime:
         for timer in self.timers:
             timer.start()
             if self._watchdog is not None and timer.schedule_policy is SchedulePolicy.FIXED:
-                self._watchdog.watch(timer)
+                self._watchdog.watch(timer, stale_after=self._timer_stale_after(timer))
         for failure in await self._triggers.start():
             logger.warning("device=%s trigger hook failed: %s", self.name, failure)
+
+    def _timer_stale_after(self, timer: Timer) -> float:
+        """Seconds a heartbeat may go without finishing a tick before the engine is suspect.
+
+        The watchdog's default (``3 * interval + max_lag``), or the device's ``stale_after``
+        if longer: a device configured as slow gets the same patience from ``/healthz``.
+        """
+        assert self._watchdog is not None and timer.interval is not None
+        default = 3 * timer.interval + self._watchdog.max_lag
+        return max(default, self.resolved.stale_after)
 
     def stop(self) -> None:
         """Stop every timer: no new tick starts after this returns."""
