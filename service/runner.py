@@ -2,7 +2,8 @@
 
 Start-up order: metrics registry and journal, buses, device runtimes (sessions connect lazily,
 so an offline device never blocks start-up), the exporter (ready only once bound), the loop
-watchdog, start-up hooks and timers, then ``READY=1`` to systemd.
+watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks and timers,
+then ``READY=1`` to systemd.
 
 Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
 timer (no new tick starts), wait for in-flight ticks for half the budget and cancel what is
@@ -142,6 +143,9 @@ async def serve(
     guard: _StallGuard | None = None
     try:
         watchdog.start()
+        if runtime.exit_after_unhealthy is not None:  # also while start-up hooks run
+            guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
+            guard.start()
         await asyncio.gather(*(r.start() for r in runtimes))
         timers = sum(len(r.timers) for r in runtimes)
         # Start-up objects (devices, timers, metric series) live for the whole run: moved out
@@ -168,9 +172,6 @@ async def serve(
                     name="gatebeat/systemd-watchdog",
                 )
                 systemd_timer.start()
-        if runtime.exit_after_unhealthy is not None:
-            guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
-            guard.start()
         logger.info(
             "gatebeat running devices=%d timers=%d buses=%d metrics=%s/metrics",
             len(runtimes),

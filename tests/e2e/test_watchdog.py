@@ -13,7 +13,15 @@ import pytest
 
 from service.runner import STALL_EXIT_CODE
 from service.simulators.modbus import ModbusSimulator, plc_watchdog_profile
-from tests.e2e.helpers import free_port, gatebeat, get, scrape, stop, wait_until
+from tests.e2e.helpers import (
+    free_port,
+    gatebeat,
+    get,
+    lifecycle_config,
+    scrape,
+    stop,
+    wait_until,
+)
 
 CONFIG = """
 [metrics]
@@ -223,3 +231,20 @@ async def test_a_slow_device_drops_device_up_but_keeps_the_service_healthy(
             assert code == 0
     finally:
         await simulator.close()
+
+
+@pytest.mark.e2e
+def test_a_startup_hook_that_blocks_the_loop_ends_in_exit_70(tmp_path: Path) -> None:
+    """The stall guard runs from the watchdog's start, not only once start-up is done (before
+    the fix the process stayed up, unhealthy, for the hook's whole 20 s)."""
+    config, _, mark = lifecycle_config(
+        tmp_path, runtime="max_loop_lag = 0.3\nexit_after_unhealthy = 1.0"
+    )
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": "block-startup"}
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(lambda: "blocking" in mark.read_text(), timeout=20, what="hook blocking")
+        blocked_at = time.monotonic()
+        code = process.wait(timeout=10)
+    assert code == STALL_EXIT_CODE
+    assert time.monotonic() - blocked_at < 5
+    assert "exiting code=70" in (tmp_path / "log").read_text()
