@@ -2,8 +2,9 @@
 
 Start-up order: metrics registry and journal, buses, device runtimes (sessions connect lazily,
 so an offline device never blocks start-up), the exporter (ready only once bound), the loop
-watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks and timers,
-then ``READY=1`` to systemd.
+watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks (each bounded by
+``runtime.hook_timeout``) and timers, then ``READY=1`` to systemd. A stop requested during
+start-up cancels the hooks still running and goes straight to shutdown.
 
 Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
 timer (no new tick starts), wait for in-flight ticks for half the budget and cancel what is
@@ -111,7 +112,12 @@ async def serve(
     for device in devices:
         runtimes.append(
             DeviceRuntime(
-                device, bus=buses[device.bus], hub=hub, watchdog=watchdog, journal=journal
+                device,
+                bus=buses[device.bus],
+                hub=hub,
+                watchdog=watchdog,
+                journal=journal,
+                hook_timeout=runtime.hook_timeout,
             )
         )
     metrics = settings.metrics
@@ -146,7 +152,8 @@ async def serve(
         if runtime.exit_after_unhealthy is not None:  # also while start-up hooks run
             guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
             guard.start()
-        await asyncio.gather(*(r.start() for r in runtimes))
+        if not await _start_devices(runtimes, stop):
+            return 0
         timers = sum(len(r.timers) for r in runtimes)
         # Start-up objects (devices, timers, metric series) live for the whole run: moved out
         # of the cyclic collector's view, a full collection no longer walks them all and so
@@ -203,6 +210,30 @@ async def serve(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
     return 0
+
+
+async def _start_devices(runtimes: list[DeviceRuntime], stop: asyncio.Event) -> bool:
+    """Run every device's start-up (hooks, then timers); ``False`` if ``stop`` came first.
+
+    A stop during start-up cancels the start-ups still running, so a hanging hook never holds
+    a SIGTERM for longer than the shutdown budget.
+    """
+    starting = asyncio.ensure_future(asyncio.gather(*(r.start() for r in runtimes)))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        starting.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if starting.done():
+        starting.result()  # a start-up that raised propagates, as before
+        return True
+    starting.cancel()
+    await asyncio.wait((starting,))
+    logger.warning("stop requested during start-up: start-up hooks still running were cancelled")
+    return False
 
 
 async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:

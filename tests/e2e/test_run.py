@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from service.simulators.modbus import ModbusSimulator, boiler_profile
-from tests.e2e.helpers import free_port, gatebeat, get, scrape, stop, wait_until
+from tests.e2e.helpers import (
+    free_port,
+    gatebeat,
+    get,
+    lifecycle_config,
+    scrape,
+    stop,
+    wait_until,
+)
 
 CONFIG = """
 [metrics]
@@ -190,3 +198,41 @@ async def test_run_polls_heartbeats_exports_and_stops_on_sigterm(tmp_path: Path)
     )
     assert "device_down device=boiler" in boiler_only.stdout
     assert "service_start" not in boiler_only.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["hang-startup", "hang-onstartup"])
+def test_sigterm_during_a_hanging_startup_hook_stops_within_the_shutdown_timeout(
+    tmp_path: Path, mode: str
+) -> None:
+    """Before the fix the runner awaited every start-up hook (10 s each) before it looked at
+    the stop event: SIGTERM took 10 s or more with shutdown_timeout = 2."""
+    config, _, mark = lifecycle_config(tmp_path)  # hook_timeout: 10 s by default
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": mode}
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(lambda: "hanging" in mark.read_text(), timeout=20, what="start-up hook running")
+        code, seconds = stop(process, timeout=10)
+    assert code == 0
+    assert seconds < 2.0 + 1.0, seconds
+    log = (tmp_path / "log").read_text()
+    assert "stop requested during start-up" in log
+    assert "gatebeat stopped" in log
+
+
+@pytest.mark.e2e
+def test_hook_timeout_bounds_a_hanging_startup_hook_and_timers_start_anyway(
+    tmp_path: Path,
+) -> None:
+    config, metrics_port, mark = lifecycle_config(tmp_path, runtime="hook_timeout = 0.5")
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": "hang-startup"}
+    ticks = ("gatebeat_ticks_total", (("device", "dev"), ("timer", "beat")))
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(
+            lambda: (scrape(metrics_port) or {}).get(ticks, 0) >= 1, timeout=20, what="a tick"
+        )
+        code, _ = stop(process)
+    assert code == 0
+    assert (
+        "startup hook (timers start anyway) failed error=TimeoutError"
+        in (tmp_path / "log").read_text()
+    )
