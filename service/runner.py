@@ -7,8 +7,9 @@ watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks 
 start-up cancels the hooks still running and goes straight to shutdown.
 
 Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
-timer (no new tick starts), wait for in-flight ticks for half the budget and cancel what is
-left, run shut-down hooks and close transports, stop the exporter, then exit 0.
+timer, triggers included (no new tick starts), wait for in-flight ticks for half the budget and
+cancel what is left, run shut-down hooks until 1/8 of the budget is left, close transports in
+that last eighth, stop the exporter, then exit 0.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ async def _start_devices(runtimes: list[DeviceRuntime], stop: asyncio.Event) -> 
 
 
 async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
+    """Stop devices within ``budget`` seconds: ticks get half, hooks until 1/8 is left."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     for runtime in runtimes:
@@ -245,16 +247,22 @@ async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
         async with asyncio.timeout(budget / 2):
             await asyncio.gather(*(r.wait_stopped() for r in runtimes))
     except TimeoutError:
-        busy = [t.name for r in runtimes for t in r.timers if t.in_flight]
+        busy = [t.name for r in runtimes for t in r.all_timers() if t.in_flight]
         logger.warning("ticks still running at shutdown, cancelling timers=%s", ",".join(busy))
         for runtime in runtimes:
             runtime.cancel()
+    hooks = max(0.1, deadline - budget / 8 - loop.time())
+    try:
+        async with asyncio.timeout(hooks):
+            await asyncio.gather(*(r.run_shutdown_hooks() for r in runtimes))
+    except TimeoutError:
+        logger.warning("shutdown hooks did not finish within %.2f s: cancelled", hooks)
     remaining = max(0.1, deadline - loop.time())
     try:
         async with asyncio.timeout(remaining):
-            await asyncio.gather(*(r.close() for r in runtimes))
+            await asyncio.gather(*(r.close_transport() for r in runtimes))
     except TimeoutError:
-        logger.warning("shutdown hooks and transports did not finish within %.1f s", budget)
+        logger.warning("transports did not close within %.2f s: abandoned", remaining)
 
 
 def _buses(devices: list[ResolvedDevice], hub: MetricsHub) -> dict[str, Bus]:

@@ -236,3 +236,20 @@ def test_hook_timeout_bounds_a_hanging_startup_hook_and_timers_start_anyway(
         "startup hook (timers start anyway) failed error=TimeoutError"
         in (tmp_path / "log").read_text()
     )
+
+
+@pytest.mark.e2e
+def test_sigterm_with_a_trigger_in_flight_still_runs_the_shutdown_hook(tmp_path: Path) -> None:
+    """Before the fix trigger timers were left to TriggerSet.stop (10 s) inside the close
+    step's share of the budget: the shutdown hook never ran and the transport stayed open."""
+    config, _, mark = lifecycle_config(tmp_path)
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": "slow-trigger"}
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(lambda: "trigger in flight" in mark.read_text(), timeout=20, what="trigger")
+        code, seconds = stop(process, timeout=10)
+    assert code == 0
+    assert seconds < 2.0 + 1.0, seconds
+    assert "shutdown-hook ran" in mark.read_text()
+    log = (tmp_path / "log").read_text()
+    assert "cancelling timers=dev/trigger-1" in log
+    assert "did not" not in log  # hooks and transport close finished within their shares
