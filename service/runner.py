@@ -9,7 +9,8 @@ start-up cancels the hooks still running and goes straight to shutdown.
 Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
 timer, triggers included (no new tick starts), wait for in-flight ticks for half the budget and
 cancel what is left, run shut-down hooks until 1/8 of the budget is left, close transports in
-that last eighth, stop the exporter, then exit 0.
+that last eighth, stop the exporter, then exit 0. Devices are checked for staleness only
+between the end of start-up and the start of shutdown.
 """
 
 from __future__ import annotations
@@ -105,10 +106,11 @@ async def serve(
     devices = [d for d in settings.resolved_devices if d.enabled]
     buses = _buses(devices, hub)
     runtimes: list[DeviceRuntime] = []
+    running: list[DeviceRuntime] = []  # checked for staleness: empty in start-up and shutdown
     watchdog = Watchdog(
         max_lag=runtime.max_loop_lag,
         on_lag=hub.observe_loop_lag,
-        devices=lambda: runtimes,
+        devices=lambda: running,
     )
     for device in devices:
         runtimes.append(
@@ -155,6 +157,7 @@ async def serve(
             guard.start()
         if not await _start_devices(runtimes, stop):
             return 0
+        running.extend(runtimes)
         timers = sum(len(r.timers) for r in runtimes)
         # Start-up objects (devices, timers, metric series) live for the whole run: moved out
         # of the cyclic collector's view, a full collection no longer walks them all and so
@@ -191,6 +194,7 @@ async def serve(
             on_ready(exporter)
         await stop.wait()
     finally:
+        running.clear()
         gc.unfreeze()
         started = time.monotonic()
         logger.info("gatebeat stopping")
