@@ -6,11 +6,12 @@ watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks 
 ``runtime.hook_timeout``) and timers, then ``READY=1`` to systemd. A stop requested during
 start-up cancels the hooks still running and goes straight to shutdown.
 
-Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
-timer, triggers included (no new tick starts), wait for in-flight ticks for half the budget and
-cancel what is left, run shut-down hooks until 1/8 of the budget is left, close transports in
-that last eighth, stop the exporter, then exit 0. Devices are checked for staleness only
-between the end of start-up and the start of shutdown.
+Shutdown on SIGTERM, SIGINT or SIGHUP (there is no config reload), bounded by
+``runtime.shutdown_timeout`` seconds: stop every timer, triggers included (no new tick starts),
+wait for in-flight ticks for half the budget and cancel what is left, run shut-down hooks until
+1/8 of the budget is left, close transports in that last eighth, stop the exporter, then exit
+0. Devices are checked for staleness only between the end of start-up and the start of
+shutdown. A stop signal before the loop exists: see :mod:`service.stop_signals`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from service.scheduler import Scheduler
 from service.scrape_gate import ScrapeGate
 from service.settings import GatebeatSettings
 from service.settings_devices import ResolvedDevice, bus_gap, gap_of
+from service.stop_signals import STOP_SIGNALS
 from service.systemd import SystemdNotifier
 from service.timer import Timer
 from service.watchdog import Watchdog
@@ -62,7 +64,7 @@ async def serve(
     on_ready: Callable[[Exporter], None] | None = None,
     handle_signals: bool = True,
 ) -> int:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT arrives); return the exit code.
+    """Run until ``stop`` is set (or SIGTERM/SIGINT/SIGHUP arrives); return the exit code.
 
     Returns 2 (``EXIT_CONFIG``), with nothing started, when the event journal cannot be opened.
 
@@ -70,10 +72,14 @@ async def serve(
         settings: validated settings (``service.settings.load_settings``).
         stop: set it to shut down; a new event by default.
         on_ready: called once the exporter is bound and every timer started.
-        handle_signals: install SIGTERM/SIGINT handlers on the loop.
+        handle_signals: install SIGTERM/SIGINT/SIGHUP handlers on the loop (each a clean stop).
     """
     loop = asyncio.get_running_loop()
     runtime = settings.runtime
+    stop = stop or asyncio.Event()
+    if handle_signals:  # first: from here a stop signal is a clean shutdown
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, _on_signal, signum, stop)
     try:
         journal = (
             EventJournal(
@@ -92,10 +98,6 @@ async def serve(
         )
         return EXIT_CONFIG
     scheduler = Scheduler.for_loop(loop, wakeup=runtime.wakeup)
-    stop = stop or asyncio.Event()
-    if handle_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, signum, stop)
 
     # The exporter serves scrapes from its own thread. With CPython's default 5 ms GIL switch
     # interval, a heartbeat that wakes while a scrape holds the GIL waits up to 5 ms for it;
@@ -212,7 +214,7 @@ async def serve(
             journal.close()
         logger.info("gatebeat stopped seconds=%.3f", time.monotonic() - started)
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
     return 0
 
@@ -293,7 +295,10 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
     if stop.is_set():
         logger.warning("second %s: shutdown already in progress", signal.Signals(signum).name)
         return
-    logger.info("received %s", signal.Signals(signum).name)
+    if signum == signal.SIGHUP:
+        logger.info("received SIGHUP: stopping (gatebeat has no config reload; SIGHUP is a stop)")
+    else:
+        logger.info("received %s", signal.Signals(signum).name)
     stop.set()
 
 

@@ -113,6 +113,11 @@ def mark(line):
         out.write(line + "\\n")
 
 
+if MODE == "slow-import":  # a slow config load: the driver is imported while it is resolved
+    mark("importing")
+    time.sleep(20)
+
+
 async def heartbeat(tick):
     return {"ok_count": 1}
 
