@@ -83,5 +83,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('GATEBEAT_HEALTHCHECK_URL', 'http://127.0.0.1:9810/healthz'), timeout=4)"]
 
 STOPSIGNAL SIGTERM
+# gatebeat handles SIGTERM/SIGINT/SIGHUP from its first line on (service/stop_signals.py), also as
+# PID 1. `docker run --init` (compose: `init: true`) adds Docker's own tini; it is not baked in
+# because installing it would need apt in the build, which the offline build has no access to.
 ENTRYPOINT ["gatebeat"]
 CMD ["run"]

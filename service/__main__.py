@@ -1,7 +1,17 @@
-"""``python -m service`` runs the gatebeat CLI."""
+"""``python -m service`` and the ``gatebeat`` command: run the gatebeat CLI."""
 
 import sys
 
-from service.cli import main
+from service.stop_signals import install_early
 
-sys.exit(main())
+
+def entry() -> int:
+    """Take over stop signals first (before the CLI's imports), then run the CLI."""
+    install_early()
+    from service.cli import main
+
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -4,7 +4,8 @@ Commands: ``run``, ``check-config``, ``drivers``, ``sample-config DRIVER``, ``de
 ``events``.
 
 Exit codes:
-    0  success (``run``: a clean shutdown after SIGTERM/SIGINT).
+    0  success (``run``: a clean shutdown after SIGTERM, SIGINT or SIGHUP, also one that
+       arrives during start-up).
     1  runtime failure (the service failed after it started).
     2  configuration or usage problem: every problem is printed, one per line; nothing started.
 """
@@ -23,6 +24,7 @@ from typing import TextIO
 
 from service import __version__
 from service.registry import DriverError, Registry, discover
+from service.stop_signals import StopBeforeStart
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_RUNTIME", "build_parser", "main"]
 
@@ -275,6 +277,18 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    try:
+        return _dispatch(parser, args, out=out, err=err)
+    except StopBeforeStart as exc:
+        if args.command in ("run", "demo"):
+            log.warning("received %s during start-up: exiting, nothing was running", exc.name)
+            return EXIT_OK
+        return 128 + exc.signum  # what the signal's default action would have reported
+
+
+def _dispatch(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *, out: TextIO, err: TextIO
+) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.config, out=out, err=err)

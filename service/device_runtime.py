@@ -236,34 +236,57 @@ class DeviceRuntime:
         for timer in self.timers:
             timer.start()
             if self._watchdog is not None and timer.schedule_policy is SchedulePolicy.FIXED:
-                self._watchdog.watch(timer)
+                self._watchdog.watch(timer, stale_after=self._timer_stale_after(timer))
         for failure in await self._triggers.start():
             logger.warning("device=%s trigger hook failed: %s", self.name, failure)
 
+    def _timer_stale_after(self, timer: Timer) -> float:
+        """Seconds a heartbeat may go without finishing a tick before the engine is suspect.
+
+        The watchdog's default (``3 * interval + max_lag``), or the device's ``stale_after``
+        if longer: a device configured as slow gets the same patience from ``/healthz``.
+        """
+        assert self._watchdog is not None and timer.interval is not None
+        default = 3 * timer.interval + self._watchdog.max_lag
+        return max(default, self.resolved.stale_after)
+
     def stop(self) -> None:
-        """Stop every timer: no new tick starts after this returns."""
-        for timer in self.timers:
+        """Stop every timer (polls, heartbeats, triggers): no new tick starts after this."""
+        for timer in self.all_timers():
             timer.stop()
             if self._watchdog is not None:
                 self._watchdog.unwatch(timer)
 
     async def wait_stopped(self) -> None:
-        """Wait for in-flight ticks (cancelled by the caller's deadline if they hang)."""
-        await asyncio.gather(*(timer.wait_stopped() for timer in self.timers))
+        """Wait for in-flight ticks and triggered callbacks (the caller bounds the wait)."""
+        await asyncio.gather(*(timer.wait_stopped() for timer in self.all_timers()))
 
     def cancel(self) -> None:
-        """Cancel in-flight ticks (after the shutdown deadline)."""
-        for timer in self.timers:
+        """Cancel in-flight ticks and triggered callbacks (after the shutdown deadline)."""
+        for timer in self.all_timers():
             timer.stop(cancel=True)
 
     async def close(self) -> None:
-        """Stop triggers, run the shut-down hook, close the session (each step bounded)."""
+        """Run the shut-down hooks, then close the session (each step bounded)."""
+        await self.run_shutdown_hooks()
+        await self.close_transport()
+
+    async def run_shutdown_hooks(self) -> None:
+        """Run the triggers' ``OnShutDown`` hooks and the driver's shut-down hook (each bounded
+        by ``hook_timeout`` seconds; a failure is logged, never raised)."""
         for failure in await self._triggers.stop():
             logger.warning("device=%s trigger hook failed: %s", self.name, failure)
         shutdown = self.resolved.driver.callback("shutdown")
         if shutdown is not None:
             await self._bounded("shutdown hook", shutdown(self.device))
+
+    async def close_transport(self) -> None:
+        """Close the session (bounded by ``hook_timeout`` seconds; a failure is logged)."""
         await self._bounded("closing the transport", self.session.close())
+
+    def all_timers(self) -> tuple[Timer, ...]:
+        """Polls, heartbeats and trigger timers."""
+        return (*self.timers, *self._triggers.timers)
 
     async def _bounded(self, what: str, step: Awaitable[Any]) -> None:
         """Await ``step`` for at most ``hook_timeout`` seconds; log a failure, never raise it."""

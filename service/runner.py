@@ -2,11 +2,16 @@
 
 Start-up order: metrics registry and journal, buses, device runtimes (sessions connect lazily,
 so an offline device never blocks start-up), the exporter (ready only once bound), the loop
-watchdog, start-up hooks and timers, then ``READY=1`` to systemd.
+watchdog and the stall guard (``runtime.exit_after_unhealthy``), start-up hooks (each bounded by
+``runtime.hook_timeout``) and timers, then ``READY=1`` to systemd. A stop requested during
+start-up cancels the hooks still running and goes straight to shutdown.
 
-Shutdown on SIGTERM or SIGINT, bounded by ``runtime.shutdown_timeout`` seconds: stop every
-timer (no new tick starts), wait for in-flight ticks for half the budget and cancel what is
-left, run shut-down hooks and close transports, stop the exporter, then exit 0.
+Shutdown on SIGTERM, SIGINT or SIGHUP (there is no config reload), bounded by
+``runtime.shutdown_timeout`` seconds: stop every timer, triggers included (no new tick starts),
+wait for in-flight ticks for half the budget and cancel what is left, run shut-down hooks until
+1/8 of the budget is left, close transports in that last eighth, stop the exporter, then exit
+0. Devices are checked for staleness only between the end of start-up and the start of
+shutdown. A stop signal before the loop exists: see :mod:`service.stop_signals`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from service.scheduler import Scheduler
 from service.scrape_gate import ScrapeGate
 from service.settings import GatebeatSettings
 from service.settings_devices import ResolvedDevice, bus_gap, gap_of
+from service.stop_signals import STOP_SIGNALS
 from service.systemd import SystemdNotifier
 from service.timer import Timer
 from service.watchdog import Watchdog
@@ -58,7 +64,7 @@ async def serve(
     on_ready: Callable[[Exporter], None] | None = None,
     handle_signals: bool = True,
 ) -> int:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT arrives); return the exit code.
+    """Run until ``stop`` is set (or SIGTERM/SIGINT/SIGHUP arrives); return the exit code.
 
     Returns 2 (``EXIT_CONFIG``), with nothing started, when the event journal cannot be opened.
 
@@ -66,10 +72,14 @@ async def serve(
         settings: validated settings (``service.settings.load_settings``).
         stop: set it to shut down; a new event by default.
         on_ready: called once the exporter is bound and every timer started.
-        handle_signals: install SIGTERM/SIGINT handlers on the loop.
+        handle_signals: install SIGTERM/SIGINT/SIGHUP handlers on the loop (each a clean stop).
     """
     loop = asyncio.get_running_loop()
     runtime = settings.runtime
+    stop = stop or asyncio.Event()
+    if handle_signals:  # first: from here a stop signal is a clean shutdown
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, _on_signal, signum, stop)
     try:
         journal = (
             EventJournal(
@@ -88,10 +98,6 @@ async def serve(
         )
         return EXIT_CONFIG
     scheduler = Scheduler.for_loop(loop, wakeup=runtime.wakeup)
-    stop = stop or asyncio.Event()
-    if handle_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, signum, stop)
 
     # The exporter serves scrapes from its own thread. With CPython's default 5 ms GIL switch
     # interval, a heartbeat that wakes while a scrape holds the GIL waits up to 5 ms for it;
@@ -102,15 +108,21 @@ async def serve(
     devices = [d for d in settings.resolved_devices if d.enabled]
     buses = _buses(devices, hub)
     runtimes: list[DeviceRuntime] = []
+    running: list[DeviceRuntime] = []  # checked for staleness: empty in start-up and shutdown
     watchdog = Watchdog(
         max_lag=runtime.max_loop_lag,
         on_lag=hub.observe_loop_lag,
-        devices=lambda: runtimes,
+        devices=lambda: running,
     )
     for device in devices:
         runtimes.append(
             DeviceRuntime(
-                device, bus=buses[device.bus], hub=hub, watchdog=watchdog, journal=journal
+                device,
+                bus=buses[device.bus],
+                hub=hub,
+                watchdog=watchdog,
+                journal=journal,
+                hook_timeout=runtime.hook_timeout,
             )
         )
     metrics = settings.metrics
@@ -142,7 +154,12 @@ async def serve(
     guard: _StallGuard | None = None
     try:
         watchdog.start()
-        await asyncio.gather(*(r.start() for r in runtimes))
+        if runtime.exit_after_unhealthy is not None:  # also while start-up hooks run
+            guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
+            guard.start()
+        if not await _start_devices(runtimes, stop):
+            return 0
+        running.extend(runtimes)
         timers = sum(len(r.timers) for r in runtimes)
         # Start-up objects (devices, timers, metric series) live for the whole run: moved out
         # of the cyclic collector's view, a full collection no longer walks them all and so
@@ -168,9 +185,6 @@ async def serve(
                     name="gatebeat/systemd-watchdog",
                 )
                 systemd_timer.start()
-        if runtime.exit_after_unhealthy is not None:
-            guard = _StallGuard(watchdog, runtime.exit_after_unhealthy)
-            guard.start()
         logger.info(
             "gatebeat running devices=%d timers=%d buses=%d metrics=%s/metrics",
             len(runtimes),
@@ -182,6 +196,7 @@ async def serve(
             on_ready(exporter)
         await stop.wait()
     finally:
+        running.clear()
         gc.unfreeze()
         started = time.monotonic()
         logger.info("gatebeat stopping")
@@ -199,12 +214,37 @@ async def serve(
             journal.close()
         logger.info("gatebeat stopped seconds=%.3f", time.monotonic() - started)
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
     return 0
 
 
+async def _start_devices(runtimes: list[DeviceRuntime], stop: asyncio.Event) -> bool:
+    """Run every device's start-up (hooks, then timers); ``False`` if ``stop`` came first.
+
+    A stop during start-up cancels the start-ups still running, so a hanging hook never holds
+    a SIGTERM for longer than the shutdown budget.
+    """
+    starting = asyncio.ensure_future(asyncio.gather(*(r.start() for r in runtimes)))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        starting.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if starting.done():
+        starting.result()  # a start-up that raised propagates, as before
+        return True
+    starting.cancel()
+    await asyncio.wait((starting,))
+    logger.warning("stop requested during start-up: start-up hooks still running were cancelled")
+    return False
+
+
 async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
+    """Stop devices within ``budget`` seconds: ticks get half, hooks until 1/8 is left."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     for runtime in runtimes:
@@ -213,16 +253,22 @@ async def _shutdown(runtimes: list[DeviceRuntime], budget: float) -> None:
         async with asyncio.timeout(budget / 2):
             await asyncio.gather(*(r.wait_stopped() for r in runtimes))
     except TimeoutError:
-        busy = [t.name for r in runtimes for t in r.timers if t.in_flight]
+        busy = [t.name for r in runtimes for t in r.all_timers() if t.in_flight]
         logger.warning("ticks still running at shutdown, cancelling timers=%s", ",".join(busy))
         for runtime in runtimes:
             runtime.cancel()
+    hooks = max(0.1, deadline - budget / 8 - loop.time())
+    try:
+        async with asyncio.timeout(hooks):
+            await asyncio.gather(*(r.run_shutdown_hooks() for r in runtimes))
+    except TimeoutError:
+        logger.warning("shutdown hooks did not finish within %.2f s: cancelled", hooks)
     remaining = max(0.1, deadline - loop.time())
     try:
         async with asyncio.timeout(remaining):
-            await asyncio.gather(*(r.close() for r in runtimes))
+            await asyncio.gather(*(r.close_transport() for r in runtimes))
     except TimeoutError:
-        logger.warning("shutdown hooks and transports did not finish within %.1f s", budget)
+        logger.warning("transports did not close within %.2f s: abandoned", remaining)
 
 
 def _buses(devices: list[ResolvedDevice], hub: MetricsHub) -> dict[str, Bus]:
@@ -249,7 +295,10 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
     if stop.is_set():
         logger.warning("second %s: shutdown already in progress", signal.Signals(signum).name)
         return
-    logger.info("received %s", signal.Signals(signum).name)
+    if signum == signal.SIGHUP:
+        logger.info("received SIGHUP: stopping (gatebeat has no config reload; SIGHUP is a stop)")
+    else:
+        logger.info("received %s", signal.Signals(signum).name)
     stop.set()
 
 

@@ -211,6 +211,11 @@ class RuntimeSettings(_Section):
     shutdown_timeout: Seconds = Field(
         default=5.0, description="Seconds allowed for a clean shutdown after SIGTERM/SIGINT."
     )
+    hook_timeout: Seconds = Field(
+        default=10.0,
+        description="Seconds each driver start-up or shut-down hook (and each transport close) "
+        "may take before it is cancelled and logged; the service goes on either way.",
+    )
     loop: Literal["asyncio", "uvloop"] = Field(
         default="asyncio", description="Event loop implementation."
     )
@@ -248,7 +253,7 @@ class RuntimeSettings(_Section):
         default=100_000, ge=100, description="Events kept in the journal at most."
     )
 
-    @field_validator("shutdown_timeout")
+    @field_validator("shutdown_timeout", "hook_timeout")
     @classmethod
     def _bounded(cls, value: float) -> float:
         if value > 3600:

@@ -7,9 +7,11 @@ it. Each tick also marks devices stale (:meth:`~service.health.DeviceHealth.chec
 :meth:`Watchdog.check` is what ``/healthz`` serves. It runs on the exporter's thread, so it
 also notices a loop that is blocked *right now* (no tick can run to measure it): the time
 since the last tick beyond one interval counts as lag. Healthy means the lag is below
-``max_lag`` and every watched heartbeat timer finished a tick within its stale time. A device
-that does not answer makes ``gatebeat_device_up`` drop, not the service unhealthy: restarting
-the gateway would not fix the device.
+``max_lag`` and every watched heartbeat timer finished a tick within its stale time, or has a
+tick in flight. A device that does not answer makes ``gatebeat_device_up`` drop, not the
+service unhealthy: restarting the gateway would not fix the device. So a tick that waits on a
+slow device (bounded by its transport timeout, or by the timer's ``timeout``) never makes its
+timer stale; the stale-timer check catches an engine that stopped scheduling a timer.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ class Watchdog:
     def watch(self, timer: Timer, *, stale_after: float | None = None) -> None:
         """Require ``timer`` to finish a tick at least every ``stale_after`` seconds.
 
+        A timer with a tick in flight is never stale: the engine did start it, and a tick
+        waiting on a slow device is the device's problem (``gatebeat_device_up``).
+
         Args:
             timer: a heartbeat timer; ignored by :meth:`check` while it is not running.
             stale_after: seconds; default ``3 * interval + max_lag``.
@@ -181,7 +186,7 @@ class Watchdog:
             watched = tuple(self._watched.values())
         stale: dict[str, float] = {}
         for entry in watched:
-            if not entry.timer.running or entry.last_ran is None:
+            if not entry.timer.running or entry.timer.in_flight or entry.last_ran is None:
                 continue
             age = now - entry.last_ran
             if age > entry.stale_after:

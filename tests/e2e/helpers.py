@@ -69,6 +69,9 @@ def gatebeat(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``python -m service ARGS`` with its output in ``log``; SIGKILL it if still alive."""
     environment = {**os.environ, **(env or {})}
+    # this checkout's `service`, whatever the cwd (an installed copy may be another checkout)
+    root = str(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", *args],
@@ -90,3 +93,97 @@ def stop(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> tuple[in
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=timeout)
     return code, time.monotonic() - started
+
+
+LIFECYCLE_DRIVER = '''
+"""A driver whose hooks and trigger misbehave on demand (LIFECYCLE_MODE), writing to MARK."""
+import asyncio
+import os
+import time
+
+from service.triggers import Every, OnStartUp
+
+TRANSPORTS = ["modbus-tcp"]
+DEFAULT_HEARTBEATS = [{"name": "beat", "interval": 0.2}]
+MODE = os.environ.get("LIFECYCLE_MODE", "")
+
+
+def mark(line):
+    with open(os.environ["MARK"], "a") as out:
+        out.write(line + "\\n")
+
+
+if MODE == "slow-import":  # a slow config load: the driver is imported while it is resolved
+    mark("importing")
+    time.sleep(20)
+
+
+async def heartbeat(tick):
+    return {"ok_count": 1}
+
+
+async def startup(device):
+    if MODE == "hang-startup":
+        mark("startup-hook hanging")
+        await asyncio.sleep(3600)
+    elif MODE == "block-startup":
+        mark("startup-hook blocking")
+        time.sleep(20)
+
+
+async def hang_on_startup(device):
+    if MODE == "hang-onstartup":
+        mark("onstartup-trigger hanging")
+        await asyncio.sleep(3600)
+
+
+async def slow_trigger(device):
+    if MODE == "slow-trigger":
+        mark("trigger in flight")
+        await asyncio.sleep(3600)
+
+
+async def shutdown(device):
+    mark("shutdown-hook ran")
+
+
+TRIGGERS = [(OnStartUp(), hang_on_startup), (Every(0.2), slow_trigger)]
+'''
+
+LIFECYCLE_CONFIG = """
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[runtime]
+shutdown_timeout = {shutdown}
+driver_dirs = ["{drivers}"]
+{runtime}
+
+[[devices]]
+name = "dev"
+driver = "lifecycle"
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus_port} }}
+"""
+
+
+def lifecycle_config(
+    tmp_path: Path, *, shutdown: float = 2.0, runtime: str = ""
+) -> tuple[Path, int, Path]:
+    """Write the lifecycle driver and a config for it; returns (config, metrics port, mark)."""
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    (drivers / "lifecycle.py").write_text(LIFECYCLE_DRIVER)
+    metrics_port = free_port()
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(
+        LIFECYCLE_CONFIG.format(
+            metrics_port=metrics_port,
+            shutdown=shutdown,
+            drivers=drivers,
+            runtime=runtime,
+            modbus_port=free_port(),  # nothing listens: this driver's heartbeat does no I/O
+        )
+    )
+    mark = tmp_path / "mark"
+    mark.write_text("")
+    return config, metrics_port, mark

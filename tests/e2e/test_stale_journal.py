@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.simulators.modbus import ModbusSimulator, plc_watchdog_profile
-from tests.e2e.helpers import free_port, gatebeat, scrape, stop, wait_until
+from tests.e2e.helpers import free_port, gatebeat, lifecycle_config, scrape, stop, wait_until
 
 CONFIG = """
 [metrics]
@@ -97,3 +97,28 @@ async def test_a_hanging_device_goes_down_as_stale_and_is_journaled(tmp_path: Pa
     finally:
         simulator.delay = 0.0
         await simulator.close()
+
+
+@pytest.mark.e2e
+def test_no_stale_device_down_while_start_up_hooks_run(tmp_path: Path) -> None:
+    """A start-up hook that takes 1.5 s (stale_after 0.6 s: 3 heartbeat intervals) used to
+    journal the device down as stale before its first tick could even run."""
+    journal = tmp_path / "events.db"
+    config, metrics_port, mark = lifecycle_config(
+        tmp_path, runtime=f'hook_timeout = 1.5\njournal = "{journal}"'
+    )
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": "hang-startup"}
+    up = ("gatebeat_device_up", (("device", "dev"), ("driver", "lifecycle")))
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(lambda: (scrape(metrics_port) or {}).get(up) == 1.0, timeout=20, what="up")
+        code, _ = stop(process)
+    assert code == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "events", "--journal", str(journal), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    kinds = [json.loads(line)["kind"] for line in result.stdout.splitlines()]
+    assert kinds[0] == "service_start" and kinds[-1] == "service_stop", kinds
+    assert "device_down" not in kinds, kinds

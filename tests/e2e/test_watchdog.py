@@ -13,7 +13,15 @@ import pytest
 
 from service.runner import STALL_EXIT_CODE
 from service.simulators.modbus import ModbusSimulator, plc_watchdog_profile
-from tests.e2e.helpers import free_port, gatebeat, get, scrape, stop, wait_until
+from tests.e2e.helpers import (
+    free_port,
+    gatebeat,
+    get,
+    lifecycle_config,
+    scrape,
+    stop,
+    wait_until,
+)
 
 CONFIG = """
 [metrics]
@@ -152,3 +160,91 @@ async def test_run_on_uvloop(tmp_path: Path) -> None:
             assert code == 0 and seconds < 5
     finally:
         await simulator.close()
+
+
+SLOW_DEVICE_CONFIG = """
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[runtime]
+max_loop_lag = 0.2
+exit_after_unhealthy = 1.0
+
+[[devices]]
+name = "plc"
+driver = "example_plc_watchdog"
+unit_id = 1
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus_port}, timeout = 3.0 }}
+
+  [[devices.heartbeats]]
+  name = "watchdog"
+  interval = 0.1
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio
+async def test_a_slow_device_drops_device_up_but_keeps_the_service_healthy(
+    tmp_path: Path,
+) -> None:
+    """Replies take 1 s, far beyond 3 heartbeat intervals + max_loop_lag (0.5 s): the tick in
+    flight is the device's problem, so /healthz stays 200 and exit_after_unhealthy never fires
+    (before the fix: 503 "plc/watchdog last ran ..." and exit 70 after about 2 s)."""
+    simulator = ModbusSimulator(plc_watchdog_profile(1))
+    simulator.delay = 1.0
+    port = await simulator.start_tcp()
+    metrics_port = free_port()
+    config = tmp_path / "gatebeat.toml"
+    config.write_text(SLOW_DEVICE_CONFIG.format(metrics_port=metrics_port, modbus_port=port))
+    up_key = ("gatebeat_device_up", (("device", "plc"), ("driver", "example_plc_watchdog")))
+    ticks_key = ("gatebeat_ticks_total", (("device", "plc"), ("timer", "watchdog")))
+    statuses: list[int] = []
+    ups: set[float] = set()
+    try:
+        with gatebeat("run", "--config", str(config), log=tmp_path / "log") as process:
+            await asyncio.to_thread(
+                wait_until, lambda: scrape(metrics_port), timeout=20, what="metrics served"
+            )
+
+            def slow_ticks_done() -> dict | None:
+                assert process.poll() is None, f"exited with {process.returncode}"
+                statuses.append(get(f"http://127.0.0.1:{metrics_port}/healthz")[0])
+                metrics = scrape(metrics_port)
+                if metrics and up_key in metrics:
+                    ups.add(metrics[up_key])
+                return metrics if metrics and metrics.get(ticks_key, 0) >= 4 else None
+
+            # four slow ticks: about 4 s, four times exit_after_unhealthy
+            await asyncio.to_thread(wait_until, slow_ticks_done, timeout=20, what="4 slow ticks")
+            assert set(statuses) == {200}, statuses
+            assert 0.0 in ups  # stale between replies: no success within 3 intervals
+
+            simulator.delay = 0.0
+
+            def back_up() -> bool:
+                metrics = scrape(metrics_port)
+                return bool(metrics and metrics.get(up_key) == 1.0)
+
+            await asyncio.to_thread(wait_until, back_up, timeout=10, what="device up")
+            assert get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
+            code, _ = await asyncio.to_thread(stop, process)
+            assert code == 0
+    finally:
+        await simulator.close()
+
+
+@pytest.mark.e2e
+def test_a_startup_hook_that_blocks_the_loop_ends_in_exit_70(tmp_path: Path) -> None:
+    """The stall guard runs from the watchdog's start, not only once start-up is done (before
+    the fix the process stayed up, unhealthy, for the hook's whole 20 s)."""
+    config, _, mark = lifecycle_config(
+        tmp_path, runtime="max_loop_lag = 0.3\nexit_after_unhealthy = 1.0"
+    )
+    env = {"MARK": str(mark), "LIFECYCLE_MODE": "block-startup"}
+    with gatebeat("run", "--config", str(config), env=env, log=tmp_path / "log") as process:
+        wait_until(lambda: "blocking" in mark.read_text(), timeout=20, what="hook blocking")
+        blocked_at = time.monotonic()
+        code = process.wait(timeout=10)
+    assert code == STALL_EXIT_CODE
+    assert time.monotonic() - blocked_at < 5
+    assert "exiting code=70" in (tmp_path / "log").read_text()

@@ -211,37 +211,74 @@ async def test_watchdog_measures_loop_lag_and_reports_a_blocked_loop(
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_watchdog_reports_a_heartbeat_that_stopped_running() -> None:
+async def test_watchdog_reports_a_heartbeat_that_stopped_running(
+    stall: Callable[[float], None],
+) -> None:
     calls = 0
 
     async def heartbeat() -> None:
         nonlocal calls
         calls += 1
-        if calls == 3:
-            await asyncio.sleep(100.0)  # a wedged write: the tick never finishes
 
     beat = Timer(1.0, heartbeat, SchedulePolicy.FIXED, name="boiler/watchdog")
     watchdog = Watchdog(interval=0.25, max_lag=1.0)
     watchdog.watch(beat)  # stale after 3 * 1.0 + 1.0 s
     watchdog.start()
     beat.start()
-    await asyncio.sleep(6.0)  # ticks finish at 1 and 2; tick 3 hangs from 3.0
-    ok, reason = watchdog.check()
-    assert ok, reason
-    await asyncio.sleep(0.5)
-    ok, reason = watchdog.check()
+    await asyncio.sleep(2.5)  # ticks finish at 1 and 2
+    reports = []
+
+    def wedged_engine() -> None:  # nothing is scheduled for 4.5 s (the loop stands still)
+        stall(4.5)
+        reports.append(watchdog.check())
+
+    asyncio.get_running_loop().call_soon(wedged_engine)
+    await asyncio.sleep(0)
+    ok, reason = reports[0]
     assert not ok
-    assert reason["stale_timers"] == {"boiler/watchdog": 4.5}
-    assert reason["problems"] == ["timer boiler/watchdog last ran 4.500 s ago (stale after 4.0 s)"]
+    assert reason["stale_timers"] == {"boiler/watchdog": 5.0}
+    assert "timer boiler/watchdog last ran 5.000 s ago (stale after 4.0 s)" in reason["problems"]
 
     beat.stop(cancel=True)  # a stopped timer (device removed) is not required to run
     await beat.wait_stopped()
+    await asyncio.sleep(0.5)  # the loop lag measured after the stall ages out
     assert watchdog.check()[0]
     beat.start()
     watchdog.unwatch(beat)
     # off the tick grid: stop(cancel=True) at the very instant a tick is created is an engine case
     await asyncio.sleep(10.5)
     assert watchdog.check()[0], "unwatched"
+    beat.stop(cancel=True)
+    watchdog.stop()
+    await beat.wait_stopped()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_watchdog_does_not_call_a_heartbeat_waiting_on_its_device_stale() -> None:
+    """A tick in flight (a slow or wedged device) is the device's problem, not the service's:
+    ``gatebeat_device_up`` reports it; restarting the gateway would not fix the device."""
+    calls = 0
+
+    async def heartbeat() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            await asyncio.sleep(100.0)  # a device that takes 100 s to answer
+
+    beat = Timer(1.0, heartbeat, SchedulePolicy.FIXED, name="boiler/watchdog")
+    watchdog = Watchdog(interval=0.25, max_lag=1.0)
+    watchdog.watch(beat)  # stale after 3 * 1.0 + 1.0 s
+    watchdog.start()
+    beat.start()
+    await asyncio.sleep(50.5)  # ticks finish at 1 and 2; tick 3 waits from 3.0
+    assert beat.in_flight
+    ok, reason = watchdog.check()
+    assert ok, reason
+    await asyncio.sleep(53.0)  # tick 3 finished at 103; the next due time is 104
+    assert not beat.in_flight and calls == 4
+    ok, reason = watchdog.check()
+    assert ok, reason
     beat.stop(cancel=True)
     watchdog.stop()
     await beat.wait_stopped()
