@@ -236,9 +236,22 @@ class DeviceRuntime:
         for timer in self.timers:
             timer.start()
             if self._watchdog is not None and timer.schedule_policy is SchedulePolicy.FIXED:
-                self._watchdog.watch(timer, stale_after=self._timer_stale_after(timer))
+                stale_after = self._timer_stale_after(timer)
+                self._watchdog.watch(
+                    timer, stale_after=stale_after, in_flight=self._tick_limit(timer, stale_after)
+                )
         for failure in await self._triggers.start():
             logger.warning("device=%s trigger hook failed: %s", self.name, failure)
+
+    def _tick_limit(self, timer: Timer, stale_after: float) -> float:
+        """Seconds one tick of ``timer`` may plausibly take: its own ``timeout``, else twice
+        the transport's worst case for a request (``timeout`` x attempts), at least
+        ``stale_after``. Longer than that in flight, the watchdog calls the tick wedged."""
+        if timer.timeout is not None:
+            return timer.timeout
+        transport = self.resolved.transport
+        attempts = 1 + int(getattr(transport, "retries", 0) or 0)
+        return max(stale_after, 2 * float(transport.timeout) * attempts)
 
     def _timer_stale_after(self, timer: Timer) -> float:
         """Seconds a heartbeat may go without finishing a tick before the engine is suspect.

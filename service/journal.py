@@ -215,7 +215,10 @@ class EventJournal:
             self._close_deadline = time.monotonic() + timeout
             self._closing.set()
             self._ready.notify()
-        self._thread.join(timeout + 1.0)
+        # Slack for the last attempt, whose connect, prune and insert may each wait up to
+        # busy_timeout on a lock, to give up (at most 1 s); a writer stuck longer is a daemon
+        # thread and does not hold the exit.
+        self._thread.join(timeout + min(1.0, 4 * self.busy_timeout + 0.1))
         if self._thread.is_alive():
             logger.warning(
                 "event journal %s: writer still busy after %.1f s; %d events not written",

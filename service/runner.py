@@ -211,7 +211,9 @@ async def serve(
         notifier.close()
         if journal is not None:
             journal.record("service_stop", "gatebeat stopped")
-            journal.close()
+            # What is left of shutdown_timeout (at least 0.5 s for the stop event itself), so a
+            # locked journal cannot push the stop past the budget (Docker's grace period).
+            journal.close(max(0.5, runtime.shutdown_timeout - (time.monotonic() - started)))
         logger.info("gatebeat stopped seconds=%.3f", time.monotonic() - started)
         if handle_signals:
             for signum in STOP_SIGNALS:

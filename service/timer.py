@@ -114,6 +114,11 @@ class Timer(TimerTicks):
         return self._schedule
 
     @property
+    def timeout(self) -> float | None:
+        """Seconds a tick may run before it is cancelled (a timeout), ``None`` for no bound."""
+        return self._timeout
+
+    @property
     def interval(self) -> float | None:
         """Seconds between ticks, ``None`` for schedules without a fixed interval."""
         return self._schedule.interval

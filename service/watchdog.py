@@ -45,6 +45,7 @@ class _Watched:
     timer: Timer
     stale_after: float
     last_ran: float | None
+    in_flight: float  # seconds more a timer with a tick in flight gets
 
 
 class Watchdog:
@@ -123,15 +124,21 @@ class Watchdog:
         """The last measured loop lag in seconds, ``None`` before the first tick."""
         return self._lag
 
-    def watch(self, timer: Timer, *, stale_after: float | None = None) -> None:
+    def watch(
+        self, timer: Timer, *, stale_after: float | None = None, in_flight: float | None = None
+    ) -> None:
         """Require ``timer`` to finish a tick at least every ``stale_after`` seconds.
 
-        A timer with a tick in flight is never stale: the engine did start it, and a tick
-        waiting on a slow device is the device's problem (``gatebeat_device_up``).
+        A timer with a tick in flight gets ``in_flight`` seconds more: the engine did start it,
+        and a tick waiting on a slow device is the device's problem (``gatebeat_device_up``).
+        But not for ever: a tick still in flight after that is wedged (a driver awaiting
+        something that never comes), and the timer is stale.
 
         Args:
             timer: a heartbeat timer; ignored by :meth:`check` while it is not running.
             stale_after: seconds; default ``3 * interval + max_lag``.
+            in_flight: seconds more while a tick is in flight (the longest a tick can take);
+                default the timer's ``timeout``, or ``stale_after`` when it has none.
 
         Raises:
             ValueError: no ``stale_after`` for a timer without an interval, or out of range.
@@ -148,7 +155,9 @@ class Watchdog:
                 f"got {stale_after!r}"
             )
         since = self._loop.time() if self._loop is not None else None
-        watched = _Watched(timer, stale_after, since)
+        if in_flight is None:
+            in_flight = timer.timeout if timer.timeout is not None else stale_after
+        watched = _Watched(timer, stale_after, since, in_flight)
 
         def ran(record: TickRecord) -> None:
             watched.last_ran = record.finished
@@ -186,14 +195,18 @@ class Watchdog:
             watched = tuple(self._watched.values())
         stale: dict[str, float] = {}
         for entry in watched:
-            if not entry.timer.running or entry.timer.in_flight or entry.last_ran is None:
+            if not entry.timer.running or entry.last_ran is None:
                 continue
             age = now - entry.last_ran
-            if age > entry.stale_after:
+            limit = entry.stale_after
+            if entry.timer.in_flight:  # a slow device, up to a bound (see watch())
+                limit += entry.in_flight
+            if age > limit:
                 stale[entry.timer.name] = round(age, 3)
+                busy = ", a tick in flight" if entry.timer.in_flight else ""
                 problems.append(
                     f"timer {entry.timer.name} last ran {age:.3f} s ago "
-                    f"(stale after {entry.stale_after} s)"
+                    f"(stale after {limit} s{busy})"
                 )
         ok = not problems
         return ok, {

@@ -411,3 +411,36 @@ def test_setup_logging_rejects_unknown_values() -> None:
         setup_logging(level="loud")
     with pytest.raises(ValueError, match="must be 'text' or 'json'"):
         setup_logging(format="xml")  # type: ignore[arg-type]
+
+
+_SIGTERM_DURING_IMPORT = """
+import os, runpy, signal, sys
+class SigtermOnImport:  # the signal arrives while the CLI's modules are being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "service.registry":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, SigtermOnImport())
+runpy.run_module("service", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(("command", "code"), [("run", 0), ("check-config", 128 + 15)])
+def test_a_stop_signal_while_the_cli_is_imported_is_a_clean_exit(
+    tmp_path: Path, command: str, code: int
+) -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEBEAT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_DURING_IMPORT, command, "--config", "x.toml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, result.stderr
+    if command == "run":
+        assert "received SIGTERM during start-up: exiting, nothing was running" in result.stderr

@@ -256,29 +256,42 @@ async def test_watchdog_reports_a_heartbeat_that_stopped_running(
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_watchdog_does_not_call_a_heartbeat_waiting_on_its_device_stale() -> None:
-    """A tick in flight (a slow or wedged device) is the device's problem, not the service's:
-    ``gatebeat_device_up`` reports it; restarting the gateway would not fix the device."""
+    """A tick in flight (a slow device) is the device's problem, not the service's:
+    ``gatebeat_device_up`` reports it; restarting the gateway would not fix the device. Up to
+    a bound: a tick still in flight stale_after + stale_after seconds after the previous one
+    finished is wedged (a driver awaiting what never comes), and the timer is stale."""
     calls = 0
 
     async def heartbeat() -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
-            await asyncio.sleep(100.0)  # a device that takes 100 s to answer
+            await asyncio.sleep(5.5)  # a device that takes 5.5 s to answer
+        if calls == 5:
+            await asyncio.Event().wait()  # a driver awaiting something that never comes
 
     beat = Timer(1.0, heartbeat, SchedulePolicy.FIXED, name="boiler/watchdog")
     watchdog = Watchdog(interval=0.25, max_lag=1.0)
-    watchdog.watch(beat)  # stale after 3 * 1.0 + 1.0 s
+    watchdog.watch(beat)  # stale after 3 * 1.0 + 1.0 s; in flight: 8.0 s
     watchdog.start()
     beat.start()
-    await asyncio.sleep(50.5)  # ticks finish at 1 and 2; tick 3 waits from 3.0
+    await asyncio.sleep(7.5)  # ticks finish at 1 and 2; tick 3 waits from 3.0 to 8.5
     assert beat.in_flight
     ok, reason = watchdog.check()
     assert ok, reason
-    await asyncio.sleep(53.0)  # tick 3 finished at 103; the next due time is 104
-    assert not beat.in_flight and calls == 4
+    await asyncio.sleep(3.0)  # tick 3 finished at 8.5, tick 4 at 9.0; tick 5 hangs from 10.0
+    assert calls == 5 and beat.in_flight
+    assert watchdog.check()[0]
+    await asyncio.sleep(6.0)  # 16.5: 7.5 s since tick 4 finished: still within 8.0
+    assert watchdog.check()[0]
+    await asyncio.sleep(1.0)  # 17.5: 8.5 s
     ok, reason = watchdog.check()
-    assert ok, reason
+    assert not ok
+    assert reason["stale_timers"] == {"boiler/watchdog": 8.5}
+    assert (
+        "timer boiler/watchdog last ran 8.500 s ago (stale after 8.0 s, a tick in flight)"
+        in reason["problems"]
+    )
     beat.stop(cancel=True)
     watchdog.stop()
     await beat.wait_stopped()
