@@ -283,25 +283,30 @@ async def test_thread_callback_that_returns_late_counts_as_timeout() -> None:
     assert timer.statistics().timeouts == 1
 
 
+class ThreadCount:
+    """A blocking callback that sleeps ``seconds`` and counts how many of its threads overlap."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.running -= 1
+
+
 @pytest.mark.asyncio
 @pytest.mark.realtime
 async def test_stop_cancel_then_restart_never_overlaps_a_running_thread() -> None:
     """A thread cannot be cancelled: the tick stays in flight until it returns."""
-    running = 0
-    peak = 0
-    lock = threading.Lock()
+    threads = ThreadCount(0.08)
     records: list[TickRecord] = []
-
-    def blocking() -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.08)
-        with lock:
-            running -= 1
-
-    timer = Timer(0.01, blocking, run_in_thread=True, immediate=True, observers=[records.append])
+    timer = Timer(0.01, threads, run_in_thread=True, immediate=True, observers=[records.append])
     timer.start()
     await asyncio.sleep(0.02)
     timer.stop(cancel=True)
@@ -309,8 +314,8 @@ async def test_stop_cancel_then_restart_never_overlaps_a_running_thread() -> Non
     await asyncio.sleep(0.1)
     timer.stop(cancel=True)
     await timer.wait_stopped()
-    assert running == 0  # wait_stopped returned only after the thread did
-    assert peak == 1
+    assert threads.running == 0  # wait_stopped returned only after the thread did
+    assert threads.peak == 1
     assert [r.outcome for r in records] == [Outcome.CANCELLED, Outcome.CANCELLED]
     assert records[1].started >= records[0].finished
 
@@ -320,19 +325,8 @@ async def test_stop_cancel_then_restart_never_overlaps_a_running_thread() -> Non
 async def test_a_thread_tick_cancelled_before_its_task_ran_still_waits_for_the_thread() -> None:
     """stop(cancel=True) from a callback in the same scheduler pass, after the thread started
     but before its tick's task took a step: the tick stays in flight until the thread returns."""
-    lock = threading.Lock()
-    running = peak = 0
-
-    def blocking() -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.2)
-        with lock:
-            running -= 1
-
-    reader = Timer(0.05, blocking, run_in_thread=True, align=True, name="reader")
+    threads = ThreadCount(0.2)
+    reader = Timer(0.05, threads, run_in_thread=True, align=True, name="reader")
     killer = Timer(0.05, lambda: reader.stop(cancel=True), align=True, name="killer")
     reader.start()
     killer.start()  # the same due instants, armed after the reader: runs right after it
@@ -341,14 +335,14 @@ async def test_a_thread_tick_cancelled_before_its_task_ran_still_waits_for_the_t
             await asyncio.sleep(0.005)
     killer.stop()
     await reader.wait_stopped()
-    assert running == 0  # wait_stopped returned only once the thread had
+    assert threads.running == 0  # wait_stopped returned only once the thread had
     reader.start()
     async with asyncio.timeout(5.0):
         while reader.statistics().ticks < 2:
             await asyncio.sleep(0.01)
     reader.stop()
     await reader.wait_stopped()
-    assert peak == 1
+    assert threads.peak == 1
 
 
 @pytest.mark.asyncio
